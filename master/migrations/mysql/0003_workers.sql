@@ -1,0 +1,7 @@
+-- info: JSON text.
+CREATE TABLE workers (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    name VARCHAR(191) NOT NULL,
+    info MEDIUMTEXT NOT NULL,
+    UNIQUE KEY workers_name (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -1,0 +1,10 @@
+CREATE TABLE logs (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    stepid BIGINT NOT NULL,
+    name VARCHAR(191) NOT NULL,
+    type CHAR(1) NOT NULL DEFAULT 's',
+    num_chunks BIGINT NOT NULL DEFAULT 0,
+    complete TINYINT(1) NOT NULL DEFAULT 0,
+    UNIQUE KEY logs_name (stepid, name),
+    CONSTRAINT logs_step FOREIGN KEY (stepid) REFERENCES steps (id) ON DELETE CASCADE
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

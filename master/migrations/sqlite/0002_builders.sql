@@ -1,0 +1,5 @@
+CREATE TABLE builders (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    description TEXT NULL
+);

@@ -1,0 +1,6 @@
+-- info: JSON text.
+CREATE TABLE workers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    info TEXT NOT NULL
+);

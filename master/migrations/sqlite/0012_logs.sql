@@ -1,0 +1,9 @@
+CREATE TABLE logs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stepid INTEGER NOT NULL REFERENCES steps (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    type TEXT NOT NULL DEFAULT 's',
+    num_chunks INTEGER NOT NULL DEFAULT 0,
+    complete INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (stepid, name)
+);

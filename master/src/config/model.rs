@@ -1,0 +1,254 @@
+//! The shape of the cluster file: one struct per section, defaults included.
+//!
+//! Every struct denies unknown fields, so a misspelt key is an error that
+//! names it (and its line) instead of a setting silently ignored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::Dur;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub cluster: ClusterTimings,
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub hooks: HooksConfig,
+    #[serde(default)]
+    pub workers: Vec<WorkerConfig>,
+    #[serde(default)]
+    pub builders: Vec<BuilderConfig>,
+    #[serde(default)]
+    pub schedulers: Vec<SchedulerConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    #[serde(default = "default_db_url")]
+    pub url: String,
+    /// Connections each master keeps open.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_db_url() -> String {
+    "sqlite://flotilla.sqlite".to_owned()
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: default_db_url(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterTimings {
+    /// How often a master refreshes `masters.last_active`.
+    pub heartbeat_interval: Dur,
+    /// A master silent this long is dead; its claims go back to the queue.
+    pub master_timeout: Dur,
+    /// How often a master refreshes `claimed_at` on the requests it holds.
+    pub claim_renew_interval: Dur,
+    /// A claim not renewed for this long may be taken over.
+    pub claim_lease: Dur,
+    /// On SIGTERM or drain: how long running builds may finish before they are handed back.
+    pub shutdown_grace: Dur,
+    /// How often a master looks for new work that no notification told it about.
+    pub poll_interval: Dur,
+}
+
+impl Default for ClusterTimings {
+    fn default() -> Self {
+        ClusterTimings {
+            heartbeat_interval: Dur::secs(5),
+            master_timeout: Dur::secs(30),
+            claim_renew_interval: Dur::secs(600),
+            claim_lease: Dur::secs(1800),
+            shutdown_grace: Dur::secs(300),
+            poll_interval: Dur::millis(500),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(default = "default_gateway_listen")]
+    pub listen: String,
+    /// Where masters reach the gateway(s); default `http://` + `listen`.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    #[serde(default)]
+    pub tls_key: Option<String>,
+}
+
+fn default_gateway_listen() -> String {
+    "127.0.0.1:9989".to_owned()
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: default_gateway_listen(),
+            urls: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The gateway addresses masters dial.
+    pub fn master_urls(&self) -> Vec<String> {
+        if self.urls.is_empty() {
+            vec![format!("http://{}", self.listen)]
+        } else {
+            self.urls.clone()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Where a master serves its HTTP API when `--http` is not given.
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+    /// When set, every POST needs this variable's value as a bearer token (webhooks excepted).
+    #[serde(default)]
+    pub admin_token_env: Option<String>,
+}
+
+fn default_api_listen() -> String {
+    "127.0.0.1:8010".to_owned()
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_api_listen(),
+            admin_token_env: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksConfig {
+    #[serde(default)]
+    pub github_secret_env: Option<String>,
+    #[serde(default)]
+    pub gitlab_token_env: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub name: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuilderConfig {
+    pub name: String,
+    #[serde(default)]
+    pub workers: Vec<String>,
+    #[serde(default)]
+    pub steps: Vec<StepConfig>,
+    /// Higher runs first when several builders wait for the same worker.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub collapse_requests: bool,
+    #[serde(default)]
+    pub max_concurrent_builds: Option<u32>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Extra environment for every step of this builder.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    pub name: String,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Relative to the worker's build directory for this builder.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default = "yes")]
+    pub halt_on_failure: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    pub name: String,
+    pub kind: String,
+    #[serde(default)]
+    pub builders: Vec<String>,
+    #[serde(default)]
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub branches: Vec<String>,
+    #[serde(default)]
+    pub tree_stable_timer: Option<Dur>,
+    #[serde(default)]
+    pub interval: Option<Dur>,
+    #[serde(default)]
+    pub cron: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub properties: BTreeMap<String, toml::Value>,
+}
+
+/// The scheduler kinds the cluster file may name.
+pub const SCHEDULER_KINDS: &[&str] = &[
+    "single-branch",
+    "any-branch",
+    "periodic",
+    "nightly",
+    "force",
+    "try",
+    "triggerable",
+    "dependent",
+];

@@ -1,0 +1,485 @@
+//! The claim protocol on `buildrequests`: claim (compare-and-swap), pick and
+//! claim, renew, unclaim, complete, and giving back other masters' claims.
+//!
+//! Winning is decided in a write transaction that first locks the candidate
+//! rows and then updates exactly those: on MySQL the pick is
+//! `SELECT ... FOR UPDATE SKIP LOCKED`, so concurrent masters skip each
+//! other's candidates instead of queueing on the oldest row; on SQLite
+//! `BEGIN IMMEDIATE` holds the database's single write lock. The `UPDATE`
+//! repeats the compare-and-swap condition and must touch every locked row.
+//!
+//! Releasing someone else's claim (expired lease, dead master, older
+//! incarnation) is one compare-and-swap per row naming the old owner and the
+//! old `claimed_at`; whoever changes the row won it, and also marks the old
+//! owner's unfinished build of that request Retry.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
+
+use super::dialect::placeholders;
+use super::rows::DbRow;
+use super::{BeginWrite, DbError, MasterId, Renewal, Results, Store};
+
+/// In an open write transaction `$tx`, claim for `$me` the rows `$ids` that
+/// the caller has just locked; fails if any of them did not change.
+macro_rules! mark_claimed {
+    ($tx:expr, $d:expr, $me:expr, $ids:expr) => {{
+        let ids: &[i64] = $ids;
+        let sql = format!(
+            "UPDATE buildrequests SET claimed_by_masterid = ?, claimed_at = {} \
+             WHERE id IN ({}) AND claimed_by_masterid IS NULL AND complete = 0",
+            $d.now(),
+            placeholders(ids.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind($me);
+        for id in ids {
+            q = q.bind(id);
+        }
+        let n = q.execute(&mut *$tx).await?.rows_affected();
+        if n != ids.len() as u64 {
+            return Err(DbError::Other(format!(
+                "claim: locked {} requests but updated {n}",
+                ids.len()
+            )));
+        }
+    }};
+}
+pub(crate) use mark_claimed;
+
+/// In an open write transaction `$tx`, complete the buildsets among `$bsids`
+/// whose requests are now all complete, with the worst of their results.
+/// Locks each buildset row first so that two masters finishing the last two
+/// requests of one buildset cannot both miss it.
+macro_rules! finish_buildsets {
+    ($tx:expr, $d:expr, $bsids:expr) => {{
+        let bsids: BTreeSet<i64> = $bsids;
+        for bs in bsids {
+            let sql = format!(
+                "SELECT id FROM buildsets WHERE id = ? AND complete = 0{}",
+                $d.for_update()
+            );
+            let open: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+                .bind(bs)
+                .fetch_optional(&mut *$tx)
+                .await?;
+            if open.is_none() {
+                continue;
+            }
+            let rows = sqlx::query("SELECT complete, results FROM buildrequests WHERE buildsetid = ?")
+                .bind(bs)
+                .fetch_all(&mut *$tx)
+                .await?;
+            let mut worst = Some(Results::Success);
+            for r in &rows {
+                if !r.flag("complete")? {
+                    worst = None;
+                    break;
+                }
+                let res = r.results("results")?.unwrap_or(Results::Exception);
+                worst = worst.map(|w| w.worst(res));
+            }
+            if let Some(worst) = worst {
+                let sql = format!(
+                    "UPDATE buildsets SET complete = 1, complete_at = {}, results = ? \
+                     WHERE id = ? AND complete = 0",
+                    $d.now()
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(worst.as_i64())
+                    .bind(bs)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+        }
+    }};
+}
+pub(crate) use finish_buildsets;
+
+/// Unique ids in first-seen order.
+fn dedup(ids: &[i64]) -> Vec<i64> {
+    let mut seen = BTreeSet::new();
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+}
+
+impl Store {
+    /// Claim exactly these requests for `me`. Returns the ids won now; the
+    /// rest (complete, claimed by anyone, being claimed, missing) are not in it.
+    pub async fn claim_requests(&self, me: MasterId, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+        let ids = dedup(ids);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, |pool, d| {
+            let mut tx = pool.begin_write().await?;
+            let sql = format!(
+                "SELECT id FROM buildrequests \
+                 WHERE id IN ({}) AND claimed_by_masterid IS NULL AND complete = 0 \
+                 ORDER BY id{}",
+                placeholders(ids.len()),
+                d.skip_locked()
+            );
+            let mut q = sqlx::query_scalar(AssertSqlSafe(sql));
+            for id in &ids {
+                q = q.bind(id);
+            }
+            let won: Vec<i64> = q.fetch_all(&mut *tx).await?;
+            if !won.is_empty() {
+                mark_claimed!(tx, d, me, &won);
+            }
+            tx.commit().await?;
+            Ok(won)
+        })
+    }
+
+    /// Claim up to `limit` pending requests of these builders, best first:
+    /// priority (high first), then age, then id.
+    pub async fn pick_and_claim(
+        &self,
+        me: MasterId,
+        builder_ids: &[i64],
+        limit: usize,
+    ) -> Result<Vec<i64>, DbError> {
+        let builder_ids = dedup(builder_ids);
+        if builder_ids.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        with_pool!(self, |pool, d| {
+            let mut tx = pool.begin_write().await?;
+            let sql = format!(
+                "SELECT id FROM buildrequests \
+                 WHERE complete = 0 AND claimed_by_masterid IS NULL AND builderid IN ({}) \
+                 ORDER BY priority DESC, submitted_at, id LIMIT ?{}",
+                placeholders(builder_ids.len()),
+                d.skip_locked()
+            );
+            let mut q = sqlx::query_scalar(AssertSqlSafe(sql));
+            for b in &builder_ids {
+                q = q.bind(b);
+            }
+            let won: Vec<i64> = q.bind(limit).fetch_all(&mut *tx).await?;
+            if !won.is_empty() {
+                mark_claimed!(tx, d, me, &won);
+            }
+            tx.commit().await?;
+            Ok(won)
+        })
+    }
+
+    /// One claiming round for several builders in one transaction: for each
+    /// (builder id, max), up to max of its best pending requests. Returns
+    /// (request id, builder id) pairs.
+    pub async fn pick_and_claim_per_builder(
+        &self,
+        me: MasterId,
+        wants: &[(i64, usize)],
+    ) -> Result<Vec<(i64, i64)>, DbError> {
+        let wants: Vec<(i64, i64)> = wants
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(b, n)| (*b, i64::try_from(*n).unwrap_or(i64::MAX)))
+            .collect();
+        if wants.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, |pool, d| {
+            let mut tx = pool.begin_write().await?;
+            let sql = format!(
+                "SELECT id FROM buildrequests \
+                 WHERE complete = 0 AND claimed_by_masterid IS NULL AND builderid = ? \
+                 ORDER BY priority DESC, submitted_at, id LIMIT ?{}",
+                d.skip_locked()
+            );
+            let mut won = Vec::new();
+            for (builder, max) in &wants {
+                let ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+                    .bind(builder)
+                    .bind(max)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                won.extend(ids.into_iter().map(|id| (id, *builder)));
+            }
+            if !won.is_empty() {
+                let ids: Vec<i64> = won.iter().map(|(id, _)| *id).collect();
+                mark_claimed!(tx, d, me, &ids);
+            }
+            tx.commit().await?;
+            Ok(won)
+        })
+    }
+
+    /// Refresh `claimed_at` on the requests `me` still holds; report the rest
+    /// as lost (released, taken over or completed): stop their builds.
+    pub async fn renew_claims(&self, me: MasterId, ids: &[i64]) -> Result<Renewal, DbError> {
+        let ids = dedup(ids);
+        if ids.is_empty() {
+            return Ok(Renewal::default());
+        }
+        let held: BTreeSet<i64> = with_pool!(self, |pool, d| {
+            let sql = format!(
+                "UPDATE buildrequests SET claimed_at = {} \
+                 WHERE id IN ({}) AND claimed_by_masterid = ? AND complete = 0",
+                d.now(),
+                placeholders(ids.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in &ids {
+                q = q.bind(id);
+            }
+            q.bind(me).execute(pool).await?;
+            // Whatever is ours after the update was renewed by it: nothing
+            // else hands a claim to us.
+            let sql = format!(
+                "SELECT id FROM buildrequests \
+                 WHERE id IN ({}) AND claimed_by_masterid = ? AND complete = 0",
+                placeholders(ids.len())
+            );
+            let mut q = sqlx::query_scalar(AssertSqlSafe(sql));
+            for id in &ids {
+                q = q.bind(id);
+            }
+            q.bind(me).fetch_all(pool).await?.into_iter().collect()
+        });
+        let (renewed, lost) = ids.into_iter().partition(|id| held.contains(id));
+        Ok(Renewal { renewed, lost })
+    }
+
+    /// Give back requests `me` holds and has not completed; returns those released.
+    pub async fn unclaim(&self, me: MasterId, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+        let ids = dedup(ids);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, |pool, d| {
+            let mut tx = pool.begin_write().await?;
+            let sql = format!(
+                "SELECT id FROM buildrequests \
+                 WHERE id IN ({}) AND claimed_by_masterid = ? AND complete = 0 ORDER BY id{}",
+                placeholders(ids.len()),
+                d.for_update()
+            );
+            let mut q = sqlx::query_scalar(AssertSqlSafe(sql));
+            for id in &ids {
+                q = q.bind(id);
+            }
+            let mine: Vec<i64> = q.bind(me).fetch_all(&mut *tx).await?;
+            if !mine.is_empty() {
+                let sql = format!(
+                    "UPDATE buildrequests SET claimed_by_masterid = NULL, claimed_at = NULL \
+                     WHERE id IN ({}) AND claimed_by_masterid = ? AND complete = 0",
+                    placeholders(mine.len())
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for id in &mine {
+                    q = q.bind(id);
+                }
+                q.bind(me).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(mine)
+        })
+    }
+
+    /// Complete requests `me` holds (fenced); returns those completed now.
+    /// Completes each buildset whose requests are then all complete.
+    pub async fn complete_requests(
+        &self,
+        me: MasterId,
+        ids: &[i64],
+        results: Results,
+    ) -> Result<Vec<i64>, DbError> {
+        let ids = dedup(ids);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, |pool, d| {
+            let mut tx = pool.begin_write().await?;
+            let sql = format!(
+                "SELECT id, buildsetid FROM buildrequests \
+                 WHERE id IN ({}) AND claimed_by_masterid = ? AND complete = 0 ORDER BY id{}",
+                placeholders(ids.len()),
+                d.for_update()
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in &ids {
+                q = q.bind(id);
+            }
+            let rows = q.bind(me).fetch_all(&mut *tx).await?;
+            let mut done = Vec::with_capacity(rows.len());
+            let mut buildsets = BTreeSet::new();
+            for r in &rows {
+                done.push(r.i64("id")?);
+                buildsets.insert(r.i64("buildsetid")?);
+            }
+            if !done.is_empty() {
+                let sql = format!(
+                    "UPDATE buildrequests SET complete = 1, results = ?, complete_at = {} \
+                     WHERE id IN ({}) AND claimed_by_masterid = ? AND complete = 0",
+                    d.now(),
+                    placeholders(done.len())
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(results.as_i64());
+                for id in &done {
+                    q = q.bind(id);
+                }
+                q.bind(me).execute(&mut *tx).await?;
+                finish_buildsets!(tx, d, buildsets);
+            }
+            tx.commit().await?;
+            Ok(done)
+        })
+    }
+
+    /// Cancel a request nobody has claimed yet: it completes as Cancelled.
+    pub async fn cancel_pending_request(&self, id: i64) -> Result<bool, DbError> {
+        with_pool!(self, |pool, d| {
+            let mut tx = pool.begin_write().await?;
+            let sql = format!(
+                "SELECT buildsetid FROM buildrequests \
+                 WHERE id = ? AND claimed_by_masterid IS NULL AND complete = 0{}",
+                d.for_update()
+            );
+            let bs: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(bs) = bs else {
+                return Ok(false);
+            };
+            let sql = format!(
+                "UPDATE buildrequests SET complete = 1, results = ?, complete_at = {} \
+                 WHERE id = ? AND claimed_by_masterid IS NULL AND complete = 0",
+                d.now()
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(Results::Cancelled.as_i64())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            finish_buildsets!(tx, d, BTreeSet::from([bs]));
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Release claims not renewed for `lease`, whoever holds them. Each row is
+    /// won by exactly one caller; returns the ids this call released.
+    pub async fn release_expired_claims(&self, lease: Duration) -> Result<Vec<i64>, DbError> {
+        let rows = with_pool!(self, |pool, d| {
+            let sql = format!(
+                "SELECT id, claimed_by_masterid, claimed_at FROM buildrequests \
+                 WHERE complete = 0 AND claimed_at < {} AND claimed_by_masterid IS NOT NULL \
+                 ORDER BY id",
+                d.now_minus()
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(d.ago_arg(lease))
+                .fetch_all(pool)
+                .await?;
+            claim_rows(&rows)?
+        });
+        let released = self.release_claims_cas(rows).await?;
+        if !released.is_empty() {
+            tracing::warn!(count = released.len(), "released expired claims");
+        }
+        Ok(released)
+    }
+
+    /// Release (per-row compare-and-swap) the claims held by these masters.
+    pub(crate) async fn release_claims_of(&self, masters: &[MasterId]) -> Result<Vec<i64>, DbError> {
+        if masters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = with_pool!(self, |pool, d| {
+            let sql = format!(
+                "SELECT id, claimed_by_masterid, claimed_at FROM buildrequests \
+                 WHERE claimed_by_masterid IN ({}) AND complete = 0 ORDER BY id",
+                placeholders(masters.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for m in masters {
+                q = q.bind(m);
+            }
+            claim_rows(&q.fetch_all(pool).await?)?
+        });
+        self.release_claims_cas(rows).await
+    }
+
+    /// Release (per-row compare-and-swap) the claims held by inactive or
+    /// unknown masters.
+    pub(crate) async fn release_claims_of_inactive(&self) -> Result<Vec<i64>, DbError> {
+        let rows = with_pool!(self, |pool, d| {
+            let rows = sqlx::query(
+                "SELECT br.id, br.claimed_by_masterid, br.claimed_at FROM buildrequests br \
+                 LEFT JOIN masters m ON m.id = br.claimed_by_masterid \
+                 WHERE br.claimed_by_masterid IS NOT NULL AND br.complete = 0 \
+                 AND (m.id IS NULL OR m.active = 0) ORDER BY br.id",
+            )
+            .fetch_all(pool)
+            .await?;
+            claim_rows(&rows)?
+        });
+        self.release_claims_cas(rows).await
+    }
+
+    /// One compare-and-swap per (request, old owner, old claimed_at); the
+    /// winner also marks the old owner's unfinished build of it Retry.
+    async fn release_claims_cas(
+        &self,
+        rows: Vec<(i64, MasterId, DateTime<Utc>)>,
+    ) -> Result<Vec<i64>, DbError> {
+        let mut released = Vec::new();
+        for (id, owner, claimed_at) in rows {
+            let won = with_pool!(self, |pool, d| {
+                let mut tx = pool.begin_write().await?;
+                let sql = format!(
+                    "UPDATE buildrequests SET claimed_by_masterid = NULL, claimed_at = NULL \
+                     WHERE id = ? AND claimed_by_masterid = ? AND claimed_at = {} AND complete = 0",
+                    d.time_param()
+                );
+                let won = sqlx::query(AssertSqlSafe(sql))
+                    .bind(id)
+                    .bind(owner)
+                    .bind(d.time_arg(claimed_at))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                if won {
+                    let sql = format!(
+                        "UPDATE builds SET complete_at = {}, results = ? \
+                         WHERE buildrequestid = ? AND masterid = ? AND complete_at IS NULL",
+                        d.now()
+                    );
+                    sqlx::query(AssertSqlSafe(sql))
+                        .bind(Results::Retry.as_i64())
+                        .bind(id)
+                        .bind(owner)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                won
+            });
+            if won {
+                released.push(id);
+            }
+        }
+        Ok(released)
+    }
+}
+
+fn claim_rows<R: DbRow>(rows: &[R]) -> Result<Vec<(i64, MasterId, DateTime<Utc>)>, sqlx::Error> {
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.i64("id")?,
+                r.i64("claimed_by_masterid")?,
+                r.time("claimed_at")?,
+            ))
+        })
+        .collect()
+}

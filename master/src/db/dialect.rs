@@ -1,0 +1,103 @@
+//! The few places where MySQL/MariaDB and SQLite SQL differ, so that each query
+//! is written once (see the `with_pool!` macro in [`super`]).
+//!
+//! Times: MySQL keeps `DATETIME(6)` and compares with `NOW(6)` (sessions are
+//! set to UTC); SQLite keeps sortable UTC text `YYYY-MM-DD HH:MM:SS.SSS`, the
+//! output of `strftime('%Y-%m-%d %H:%M:%f','now')`. Either way the clock is the
+//! database's, never a master's.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    MySql,
+    Sqlite,
+}
+
+impl Dialect {
+    /// The database's current time.
+    pub fn now(self) -> &'static str {
+        match self {
+            Dialect::MySql => "NOW(6)",
+            Dialect::Sqlite => "strftime('%Y-%m-%d %H:%M:%f','now')",
+        }
+    }
+
+    /// `now - duration`, taking one bound parameter: bind [`Dialect::ago_arg`].
+    pub fn now_minus(self) -> &'static str {
+        match self {
+            Dialect::MySql => "(NOW(6) - INTERVAL ? MICROSECOND)",
+            Dialect::Sqlite => "strftime('%Y-%m-%d %H:%M:%f','now',?)",
+        }
+    }
+
+    /// The parameter for [`Dialect::now_minus`]. Both dialects take a string
+    /// (MySQL converts it to a number of microseconds).
+    pub fn ago_arg(self, d: Duration) -> String {
+        match self {
+            Dialect::MySql => d.as_micros().to_string(),
+            Dialect::Sqlite => format!("-{}.{:03} seconds", d.as_secs(), d.subsec_millis()),
+        }
+    }
+
+    /// A bound time parameter normalised to how the column stores it, so that
+    /// equality (the compare-and-swap on `claimed_at`) is exact.
+    pub fn time_param(self) -> &'static str {
+        match self {
+            Dialect::MySql => "?",
+            Dialect::Sqlite => "strftime('%Y-%m-%d %H:%M:%f',?)",
+        }
+    }
+
+    /// A time to bind (use with [`Dialect::time_param`] or a plain `?`).
+    pub fn time_arg(self, t: DateTime<Utc>) -> String {
+        match self {
+            Dialect::MySql => t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+            Dialect::Sqlite => t.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+        }
+    }
+
+    /// Row-lock suffix for a candidate pick inside a write transaction. SQLite
+    /// needs none: `BEGIN IMMEDIATE` already holds the only write lock.
+    pub fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::MySql => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        }
+    }
+
+    /// Row-lock suffix that waits (a plain `FOR UPDATE`).
+    pub fn for_update(self) -> &'static str {
+        match self {
+            Dialect::MySql => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        }
+    }
+
+    /// `INSERT` that leaves an existing row with the same unique key alone.
+    pub fn insert_ignore(self) -> &'static str {
+        match self {
+            Dialect::MySql => "INSERT IGNORE",
+            Dialect::Sqlite => "INSERT OR IGNORE",
+        }
+    }
+
+    /// Whether `UPDATE ... RETURNING` is available.
+    pub fn update_returning(self) -> bool {
+        matches!(self, Dialect::Sqlite)
+    }
+}
+
+/// `?, ?, ?` with `n` placeholders (`n` > 0).
+pub(crate) fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 3);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+    }
+    s
+}

@@ -1,0 +1,139 @@
+//! [`DbError`]: every way the database layer fails, sorted so the CLI can pick
+//! an exit code (69 unreachable, 78 bad configuration) and loops can tell a
+//! transient failure (retry) from a real one.
+
+use sqlx::migrate::MigrateError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Connection refused, timed out, or the host does not resolve.
+    #[error("database unreachable: {0}")]
+    Unreachable(String),
+    /// Unknown scheme or malformed URL.
+    #[error("bad database URL: {0}")]
+    BadUrl(String),
+    /// Wrong credentials or no rights on the database.
+    #[error("database access denied: {0}")]
+    AccessDenied(String),
+    #[error(
+        "database schema is not current (at {}, this binary needs {latest}): run `flotilla db upgrade`",
+        current.map_or_else(|| "none".to_string(), |c| c.to_string())
+    )]
+    SchemaNotCurrent { current: Option<i64>, latest: i64 },
+    #[error(
+        "database schema version {current} is newer than this binary knows ({latest}): upgrade flotilla"
+    )]
+    SchemaNewer { current: i64, latest: i64 },
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] MigrateError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// MySQL server error numbers worth naming.
+mod mysql_codes {
+    pub const ACCESS_DENIED: u16 = 1045;
+    pub const DB_ACCESS_DENIED: u16 = 1044;
+    pub const UNKNOWN_DATABASE: u16 = 1049;
+    pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
+    pub const DEADLOCK: u16 = 1213;
+    pub const SERVER_SHUTDOWN: u16 = 1053;
+    pub const TOO_MANY_CONNECTIONS: u16 = 1040;
+    pub const DUP_ENTRY: u16 = 1062;
+}
+
+/// SQLite primary result codes worth naming.
+mod sqlite_codes {
+    pub const BUSY: i64 = 5;
+    pub const LOCKED: i64 = 6;
+    pub const CONSTRAINT: i64 = 19;
+}
+
+impl DbError {
+    /// Worth retrying the same operation: the connection dropped, the pool was
+    /// exhausted, or the database chose this transaction as a deadlock victim.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Unreachable(_) => true,
+            DbError::Sqlx(e) => sqlx_is_transient(e),
+            DbError::Migrate(MigrateError::Execute(e)) => sqlx_is_transient(e),
+            _ => false,
+        }
+    }
+
+    /// Sort a connection failure into unreachable / access denied / bad URL.
+    pub(crate) fn from_connect(e: sqlx::Error) -> DbError {
+        match &e {
+            sqlx::Error::Configuration(_) => DbError::BadUrl(e.to_string()),
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => {
+                DbError::Unreachable(e.to_string())
+            }
+            sqlx::Error::Database(d) => match mysql_code(d.as_ref()) {
+                Some(
+                    mysql_codes::ACCESS_DENIED
+                    | mysql_codes::DB_ACCESS_DENIED
+                    | mysql_codes::UNKNOWN_DATABASE,
+                ) => DbError::AccessDenied(e.to_string()),
+                Some(mysql_codes::TOO_MANY_CONNECTIONS | mysql_codes::SERVER_SHUTDOWN) => {
+                    DbError::Unreachable(e.to_string())
+                }
+                // SQLite: CANTOPEN (14) and friends mean the path is unusable.
+                _ if sqlite_code(d.as_ref()).is_some() => DbError::BadUrl(e.to_string()),
+                _ => DbError::Sqlx(e),
+            },
+            _ => DbError::Sqlx(e),
+        }
+    }
+}
+
+fn sqlx_is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(d) => {
+            if let Some(code) = mysql_code(d.as_ref()) {
+                return matches!(
+                    code,
+                    mysql_codes::DEADLOCK
+                        | mysql_codes::LOCK_WAIT_TIMEOUT
+                        | mysql_codes::SERVER_SHUTDOWN
+                        | mysql_codes::TOO_MANY_CONNECTIONS
+                );
+            }
+            matches!(
+                sqlite_code(d.as_ref()),
+                Some(sqlite_codes::BUSY | sqlite_codes::LOCKED)
+            )
+        }
+        _ => false,
+    }
+}
+
+fn mysql_code(d: &dyn sqlx::error::DatabaseError) -> Option<u16> {
+    d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|m| m.number())
+}
+
+/// The primary result code (the low byte of an extended code).
+fn sqlite_code(d: &dyn sqlx::error::DatabaseError) -> Option<i64> {
+    d.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+    d.code()
+        .and_then(|c| c.parse::<i64>().ok())
+        .map(|c| c & 0xff)
+}
+
+/// A unique-key violation (duplicate entry), on either backend.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    if let Some(code) = mysql_code(d.as_ref()) {
+        return code == mysql_codes::DUP_ENTRY;
+    }
+    sqlite_code(d.as_ref()) == Some(sqlite_codes::CONSTRAINT)
+}

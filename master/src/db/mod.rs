@@ -1,0 +1,245 @@
+//! The database layer: the schema, its migrations, and every SQL statement the
+//! master runs, including the claim protocol (DESIGN.md, "The claim protocol").
+//!
+//! A [`Store`] wraps a connection pool to MySQL/MariaDB or SQLite and is cheap
+//! to clone. Each query is written once: the `with_pool!` macro expands a body
+//! for both pool types, and [`dialect::Dialect`] supplies the few fragments
+//! that differ (the clock, `SKIP LOCKED`, `RETURNING`).
+//!
+//! Rules every statement here keeps:
+//! - Time is the database's clock (`NOW(6)` / `strftime(..,'now')`), never ours.
+//! - A claim is a compare-and-swap: an `UPDATE` whose `WHERE` names the state
+//!   it expects, and the rows it changed are the ones won.
+//! - Every write about a request or build a master owns carries
+//!   `claimed_by_masterid = me` (fencing); taking over or releasing another
+//!   master's claim names both its old owner and its old `claimed_at`.
+//! - Multi-row writes on SQLite run in `BEGIN IMMEDIATE` transactions (or as
+//!   one `UPDATE ... RETURNING`) so that concurrent writers serialise up front
+//!   instead of failing on lock upgrade.
+//!
+//! Submodules: [`types`] (data in and out), [`error`], `dialect`, `schema`
+//! (migrations), `masters`, `claims`, `requests` (changes, buildsets),
+//! `builds` (builds and steps), `logs`, `reads` (API listings), `state`
+//! (key/value state and object ownership).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Executor, Row};
+
+/// Expand `$body` once per backend with `$pool` bound to the concrete pool and
+/// `$d` to its [`dialect::Dialect`].
+macro_rules! with_pool {
+    ($store:expr, |$pool:ident, $d:ident| $body:expr) => {
+        match &$store.pool {
+            $crate::db::Pool::MySql($pool) => {
+                #[allow(unused_variables)]
+                let $d = $crate::db::dialect::Dialect::MySql;
+                $body
+            }
+            $crate::db::Pool::Sqlite($pool) => {
+                #[allow(unused_variables)]
+                let $d = $crate::db::dialect::Dialect::Sqlite;
+                $body
+            }
+        }
+    };
+}
+
+mod builds;
+mod claims;
+pub(crate) mod dialect;
+pub mod error;
+mod logs;
+mod masters;
+mod reads;
+mod requests;
+mod rows;
+mod schema;
+mod state;
+pub mod types;
+
+pub use error::DbError;
+pub use types::*;
+
+/// Default pool size for MySQL; SQLite uses fewer (one writer at a time anyway).
+const DEFAULT_MYSQL_CONNECTIONS: u32 = 10;
+const DEFAULT_SQLITE_CONNECTIONS: u32 = 4;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub(crate) enum Pool {
+    MySql(MySqlPool),
+    Sqlite(SqlitePool),
+}
+
+/// Handle on the shared database. Cheap to clone; all clones share one pool.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .finish()
+    }
+}
+
+/// Opening a write transaction: plain `BEGIN` on MySQL (row locks do the
+/// rest), `BEGIN IMMEDIATE` on SQLite so the write lock is taken up front and
+/// waits out `busy_timeout` instead of failing on upgrade.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+    + Send;
+}
+
+impl BeginWrite for MySqlPool {
+    type Db = sqlx::MySql;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+    + Send {
+        self.begin()
+    }
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+    + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+/// A stored time (naive, UTC by construction) as a `DateTime<Utc>`.
+pub(crate) fn utc(t: NaiveDateTime) -> DateTime<Utc> {
+    t.and_utc()
+}
+
+impl Store {
+    /// Connect without migrating. URLs: `mysql://user:pass@host:port/db`,
+    /// `sqlite://path`, `sqlite:path`, `sqlite::memory:`.
+    pub async fn connect(url: &str) -> Result<Store, DbError> {
+        let n = if is_sqlite_url(url) {
+            DEFAULT_SQLITE_CONNECTIONS
+        } else {
+            DEFAULT_MYSQL_CONNECTIONS
+        };
+        Self::connect_with(url, n).await
+    }
+
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Store, DbError> {
+        let max_connections = max_connections.max(1);
+        if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            let opts =
+                MySqlConnectOptions::from_str(&url).map_err(|e| DbError::BadUrl(e.to_string()))?;
+            let pool = MySqlPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(CONNECT_TIMEOUT)
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute("SET time_zone = '+00:00'").await?;
+                        // No gap locks: a claim pick must not block inserts
+                        // of new requests.
+                        conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                            .await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(opts)
+                .await
+                .map_err(DbError::from_connect)?;
+            return Ok(Store {
+                pool: Pool::MySql(pool),
+            });
+        }
+        if is_sqlite_url(url) {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| DbError::BadUrl(e.to_string()))?
+                .create_if_missing(true)
+                .foreign_keys(true)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT);
+            let memory = url.contains(":memory:") || url.contains("mode=memory");
+            let mut pool_opts = SqlitePoolOptions::new().acquire_timeout(CONNECT_TIMEOUT);
+            let opts = if memory {
+                // One connection, kept forever: it *is* the database.
+                pool_opts = pool_opts
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None);
+                opts
+            } else {
+                pool_opts = pool_opts.max_connections(max_connections);
+                opts.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+            };
+            let pool = pool_opts
+                .connect_with(opts)
+                .await
+                .map_err(DbError::from_connect)?;
+            return Ok(Store {
+                pool: Pool::Sqlite(pool),
+            });
+        }
+        Err(DbError::BadUrl(format!(
+            "{}: expected mysql://, mariadb:// or sqlite:",
+            redact(url)
+        )))
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::MySql(_) => Backend::MySql,
+            Pool::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Close the pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        with_pool!(self, |pool, d| pool.close().await)
+    }
+
+    /// The database's clock.
+    pub async fn db_now(&self) -> Result<DateTime<Utc>, DbError> {
+        with_pool!(self, |pool, d| {
+            let sql = format!("SELECT {} AS now", d.now());
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_one(pool)
+                .await?;
+            Ok(utc(row.try_get::<NaiveDateTime, _>("now")?))
+        })
+    }
+}
+
+fn is_sqlite_url(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

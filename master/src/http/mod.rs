@@ -1,0 +1,92 @@
+//! The HTTP API and dashboard every master serves. Everything it shows comes
+//! from the shared database, so any master answers the same; writes (force,
+//! changes, drain) go to the database and wake this master's claim loop.
+
+mod dashboard;
+mod error;
+mod metrics_route;
+mod params;
+mod reads;
+mod writes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{Method, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ApiError, ApiResult};
+pub use metrics_route::install_metrics;
+
+use crate::runtime::MasterState;
+
+/// Largest request body accepted (a try patch fits well within).
+const MAX_BODY: usize = 8 * 1024 * 1024;
+
+pub fn router(state: Arc<MasterState>) -> Router {
+    Router::new()
+        .route("/", get(dashboard::page))
+        .route("/healthz", get(reads::healthz))
+        .route("/readyz", get(reads::readyz))
+        .route("/metrics", get(metrics_route::metrics))
+        .route("/api/v1/masters", get(reads::masters))
+        .route("/api/v1/builders", get(reads::builders))
+        .route("/api/v1/workers", get(reads::workers))
+        .route("/api/v1/buildrequests", get(reads::requests))
+        .route("/api/v1/buildrequests/{id}", get(reads::request))
+        .route("/api/v1/buildrequests/{id}/cancel", post(writes::cancel_request))
+        .route("/api/v1/builds", get(reads::builds))
+        .route("/api/v1/builds/{id}", get(reads::build))
+        .route("/api/v1/builds/{id}/steps", get(reads::steps))
+        .route("/api/v1/builds/{id}/steps/{n}/log", get(reads::step_log))
+        .route("/api/v1/force", post(writes::force))
+        .route("/api/v1/changes", post(writes::changes))
+        .route("/api/v1/masters/{name}/drain", post(writes::drain))
+        .route("/api/v1/masters/{name}/undrain", post(writes::undrain))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serves until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, state: Arc<MasterState>, stop: CancellationToken) {
+    let app = router(state);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTP API listening");
+    }
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "HTTP server stopped");
+    }
+}
+
+/// Every POST needs the admin token when the cluster names one (webhooks excepted).
+async fn require_token(State(state): State<Arc<MasterState>>, req: Request, next: Next) -> Result<Response, ApiError> {
+    if req.method() == Method::POST && !req.uri().path().starts_with("/api/v1/hooks/") {
+        if let Some(var) = &state.config.api.admin_token_env {
+            let expected = std::env::var(var).unwrap_or_default();
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            if expected.is_empty() || !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
+                tracing::warn!(path = %req.uri().path(), "refused a write without the right admin token");
+                return Err(ApiError::Unauthorized);
+            }
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

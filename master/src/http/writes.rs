@@ -1,0 +1,181 @@
+//! Write routes: force a build, submit a change, drain and undrain a
+//! master, cancel a pending request. Each one is a database write; this
+//! master's claim loop is woken so new work starts without waiting for a poll.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, ApiResult};
+use crate::db::{NewBuildset, NewChange, SourceStamp};
+use crate::runtime::MasterState;
+
+type St = State<Arc<MasterState>>;
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(v)| v).map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForceBody {
+    builder: String,
+    #[serde(default)]
+    branch: Option<String>,
+    #[serde(default)]
+    revision: Option<String>,
+    #[serde(default)]
+    repository: Option<String>,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    priority: Option<i32>,
+    #[serde(default)]
+    properties: BTreeMap<String, Value>,
+}
+
+pub async fn force(State(st): St, b: Result<Json<ForceBody>, JsonRejection>) -> ApiResult<Json<Value>> {
+    let f = body(b)?;
+    let builder_id = *st
+        .builder_ids
+        .get(&f.builder)
+        .ok_or_else(|| ApiError::NotFound(format!("no builder named {:?}", f.builder)))?;
+    let priority = f.priority.unwrap_or(0);
+    let bs = NewBuildset {
+        reason: f.reason.unwrap_or_else(|| "forced".to_owned()),
+        scheduler: Some("force".to_owned()),
+        sourcestamps: vec![SourceStamp {
+            repository: f.repository.unwrap_or_default(),
+            branch: f.branch,
+            revision: f.revision,
+            project: f.project.unwrap_or_default(),
+            ..Default::default()
+        }],
+        properties: f.properties,
+        builders: vec![(builder_id, priority)],
+        ..Default::default()
+    };
+    let (buildset_id, ids) = st.store.add_buildset(&bs).await?;
+    st.wake.notify_one();
+    Ok(Json(json!({"buildset_id": buildset_id, "buildrequest_ids": ids})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeBody {
+    repository: String,
+    #[serde(default)]
+    branch: Option<String>,
+    #[serde(default)]
+    revision: Option<String>,
+    #[serde(default)]
+    author: String,
+    #[serde(default)]
+    comments: String,
+    #[serde(default)]
+    files: Vec<String>,
+    #[serde(default)]
+    project: String,
+    #[serde(default)]
+    codebase: String,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    properties: BTreeMap<String, Value>,
+}
+
+/// Records the change, then runs it past the branch schedulers that fire at
+/// once (no tree-stable timer). Timed schedulers run on the master that owns them.
+pub async fn changes(State(st): St, b: Result<Json<ChangeBody>, JsonRejection>) -> ApiResult<Json<Value>> {
+    let c = body(b)?;
+    let change = NewChange {
+        author: c.author,
+        comments: c.comments,
+        branch: c.branch,
+        revision: c.revision,
+        repository: c.repository,
+        project: c.project,
+        codebase: c.codebase,
+        files: c.files,
+        properties: c.properties,
+        category: c.category,
+        when: None,
+    };
+    let change_id = st.store.add_change(&change).await?;
+    let mut created = Vec::new();
+    for s in &st.config.schedulers {
+        let immediate = s.tree_stable_timer.is_none_or(|t| t.get().is_zero());
+        let matches = match s.kind.as_str() {
+            "single-branch" => s.branch.is_some() && s.branch == change.branch,
+            "any-branch" => s.branches.is_empty() || change.branch.as_ref().is_some_and(|b| s.branches.contains(b)),
+            _ => false,
+        };
+        if !(immediate && matches) {
+            continue;
+        }
+        let builders: Vec<(i64, i32)> = s
+            .builders
+            .iter()
+            .filter_map(|b| st.builder_ids.get(b).map(|id| (*id, s.priority)))
+            .collect();
+        let bs = NewBuildset {
+            reason: format!("scheduler {} saw change {change_id}", s.name),
+            scheduler: Some(s.name.clone()),
+            sourcestamps: vec![SourceStamp {
+                repository: change.repository.clone(),
+                branch: change.branch.clone(),
+                revision: change.revision.clone(),
+                project: change.project.clone(),
+                codebase: change.codebase.clone(),
+                patch: None,
+            }],
+            properties: change.properties.clone(),
+            builders,
+            ..Default::default()
+        };
+        let (buildset_id, ids) = st.store.add_buildset(&bs).await?;
+        created.push(json!({"buildset_id": buildset_id, "buildrequest_ids": ids, "scheduler": s.name}));
+    }
+    if !created.is_empty() {
+        st.wake.notify_one();
+    }
+    Ok(Json(json!({"change_id": change_id, "buildsets": created})))
+}
+
+pub async fn drain(State(st): St, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    set_draining(&st, &name, true).await
+}
+
+pub async fn undrain(State(st): St, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    set_draining(&st, &name, false).await
+}
+
+async fn set_draining(st: &MasterState, name: &str, draining: bool) -> ApiResult<Json<Value>> {
+    let n = st.store.set_draining_by_name(name, draining).await?;
+    if n == 0 {
+        return Err(ApiError::NotFound(format!("no active master named {name:?}")));
+    }
+    Ok(Json(json!({"masters": n, "draining": draining})))
+}
+
+pub async fn cancel_request(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("id must be an integer, not {id:?}")))?;
+    if st.store.get_request(id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no build request {id}")));
+    }
+    let cancelled = st.store.cancel_pending_request(id).await?;
+    if !cancelled {
+        // Already claimed: interrupt it if it runs here (a build on another master is not reached from here).
+        st.abort_builds(Some(&[id]), crate::runtime::AbortReason::Stopped);
+    }
+    Ok(Json(json!({"id": id, "cancelled": cancelled})))
+}

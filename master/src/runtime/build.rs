@@ -1,0 +1,368 @@
+//! Running one build: record it (fenced on the claim), run the builder's
+//! steps in order on the worker, store each step's log and result, then
+//! complete the request — or, when the build cannot finish here, hand the
+//! request straight back to the queue.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_proto::v1::{CommandExit, RunCommand};
+use tokio_util::sync::CancellationToken;
+
+use super::build_log::{BuildLog, FLUSH_EVERY};
+use super::workers::{CommandEvent, IdleWorker};
+use super::{MasterState, RunningBuild};
+use crate::config::StepConfig;
+use crate::db::{BuildRow, DbError, RequestDetails, Results};
+
+/// Why a build was stopped before its steps ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortReason {
+    /// The claim is no longer ours (renewal found it gone, or we were fenced): write no outcome.
+    LostClaim,
+    /// This master is shutting down: the request goes back to the queue.
+    Shutdown,
+    /// The worker went away: the request goes back to the queue.
+    WorkerLost,
+    /// A user stopped the build: it ends `cancelled`.
+    Stopped,
+}
+
+/// How long to wait for a worker to confirm an interrupted command ended.
+const INTERRUPT_WAIT: Duration = Duration::from_secs(10);
+/// Transient database errors are retried for about this long.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Starts the build of a claimed request on a reserved worker.
+pub fn spawn(state: Arc<MasterState>, request_id: i64, builder_id: i64, worker: IdleWorker) {
+    let cancel = CancellationToken::new();
+    let reason = Arc::new(Mutex::new(None));
+    state.lock_running().insert(
+        request_id,
+        RunningBuild {
+            request_id,
+            cancel: cancel.clone(),
+            reason: reason.clone(),
+        },
+    );
+    let tracker = state.tasks.clone();
+    tracker.spawn(async move {
+        let ctx = BuildCtx {
+            state: &state,
+            request_id,
+            worker: &worker,
+            cancel: &cancel,
+            reason: &reason,
+        };
+        if let Err(e) = ctx.run(builder_id).await {
+            tracing::error!(request = request_id, error = %e, "build failed on a database error");
+            // Best effort: put the request back at once rather than after the lease.
+            let _ = state.store.unclaim(state.master_id(), &[request_id]).await;
+        }
+        state.lock_running().remove(&request_id);
+        state.workers.release(worker.key);
+        state.wake.notify_one();
+    });
+}
+
+/// Retries an operation while its error is transient (lost connection,
+/// deadlock, database briefly away).
+pub async fn retry_transient<T, F, Fut>(mut op: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, DbError>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() && start.elapsed() < RETRY_FOR => {
+                tracing::debug!(error = %e, "transient database error; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+struct BuildCtx<'a> {
+    state: &'a Arc<MasterState>,
+    request_id: i64,
+    worker: &'a IdleWorker,
+    cancel: &'a CancellationToken,
+    reason: &'a Mutex<Option<AbortReason>>,
+}
+
+struct StepOutcome {
+    results: Results,
+    state: String,
+    aborted: Option<AbortReason>,
+}
+
+impl BuildCtx<'_> {
+    fn abort_reason(&self) -> AbortReason {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(AbortReason::Shutdown)
+    }
+
+    async fn run(&self, builder_id: i64) -> Result<(), DbError> {
+        let st = self.state;
+        let store = &st.store;
+        let me = st.master_id();
+        let ids = [self.request_id];
+        let Some(details) = retry_transient(|| store.request_details(&ids))
+            .await?
+            .pop()
+        else {
+            return Ok(());
+        };
+        let Some(builder) = st.config.builder(&details.builder).cloned() else {
+            tracing::error!(builder = %details.builder, "claimed a request for a builder not in the cluster file");
+            store.unclaim(me, &[self.request_id]).await?;
+            return Ok(());
+        };
+        let build = retry_transient(|| store.start_build(me, self.request_id, builder_id, self.worker.worker_id)).await?;
+        let Some(build) = build else {
+            tracing::warn!(request = self.request_id, "claim lost before the build started");
+            return Ok(());
+        };
+        tracing::info!(
+            request = self.request_id,
+            build = build.id,
+            number = build.number,
+            builder = %details.builder,
+            worker = %self.worker.name,
+            "build started"
+        );
+        metrics::gauge!("flotilla_running_builds").increment(1.0);
+        let started = std::time::Instant::now();
+        let env = step_env(st, &details, &build, &self.worker.name, &builder.env);
+        let mut step_ids = Vec::with_capacity(builder.steps.len());
+        for (i, step) in builder.steps.iter().enumerate() {
+            step_ids.push(retry_transient(|| store.add_step(build.id, i as i32, &step.name)).await?);
+        }
+        let workdir_base = sanitize(&details.builder);
+        let mut overall = Results::Success;
+        let mut halted = false;
+        let mut aborted = None;
+        for (step, &step_id) in builder.steps.iter().zip(&step_ids) {
+            if halted || aborted.is_some() {
+                retry_transient(|| store.finish_step(step_id, Results::Skipped, "skipped")).await?;
+                continue;
+            }
+            retry_transient(|| store.start_step(step_id)).await?;
+            let log_id = retry_transient(|| store.create_log(step_id, "stdio")).await?;
+            let outcome = self.run_step(step, &env, &workdir_base, log_id).await?;
+            retry_transient(|| store.finish_step(step_id, outcome.results, &outcome.state)).await?;
+            if outcome.results != Results::Skipped {
+                overall = overall.worst(outcome.results);
+            }
+            if matches!(outcome.results, Results::Failure | Results::Exception) && step.halt_on_failure {
+                halted = true;
+            }
+            aborted = outcome.aborted;
+        }
+        let result = match aborted {
+            None => {
+                let done = retry_transient(|| store.finish_build(me, build.id, self.request_id, overall, true)).await?;
+                if !done {
+                    tracing::warn!(request = self.request_id, "claim lost before completion; result not recorded");
+                }
+                overall
+            }
+            Some(AbortReason::Stopped) => {
+                retry_transient(|| store.finish_build(me, build.id, self.request_id, Results::Cancelled, true)).await?;
+                Results::Cancelled
+            }
+            Some(reason) => {
+                // Fenced: this unclaims only a request that is still ours.
+                retry_transient(|| store.finish_build(me, build.id, self.request_id, Results::Retry, false)).await?;
+                tracing::warn!(request = self.request_id, ?reason, "build interrupted; request handed back");
+                Results::Retry
+            }
+        };
+        metrics::gauge!("flotilla_running_builds").decrement(1.0);
+        metrics::histogram!("flotilla_build_duration_seconds", "builder" => details.builder.clone(), "results" => result.name())
+            .record(started.elapsed().as_secs_f64());
+        tracing::info!(request = self.request_id, build = build.id, results = %result, "build finished");
+        Ok(())
+    }
+
+    async fn run_step(
+        &self,
+        step: &StepConfig,
+        env: &HashMap<String, String>,
+        workdir_base: &str,
+        log_id: i64,
+    ) -> Result<StepOutcome, DbError> {
+        let st = self.state;
+        let mut log = BuildLog::new(st.store.clone(), log_id);
+        let command_id = st.next_command.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut step_env = env.clone();
+        step_env.extend(step.env.clone());
+        let workdir = match &step.workdir {
+            Some(w) => format!("{workdir_base}/{w}"),
+            None => format!("{workdir_base}/build"),
+        };
+        let run = RunCommand {
+            command_id,
+            argv: step.command.clone(),
+            env: step_env,
+            workdir,
+            timeout_ms: step.timeout.map_or(0, |t| t.get().as_millis() as u64),
+            files: Vec::new(),
+        };
+        log.note(&format!("$ {}", shell_words(&step.command))).await?;
+        let mut rx = match st.workers.start_command(self.worker.key, run).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                log.note(&format!("could not start the command: {e}")).await?;
+                log.flush().await?;
+                return Ok(StepOutcome {
+                    results: Results::Retry,
+                    state: "worker lost".into(),
+                    aborted: Some(AbortReason::WorkerLost),
+                });
+            }
+        };
+        let mut interrupted: Option<AbortReason> = None;
+        let mut give_up = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        let outcome = loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(CommandEvent::Output(data)) => log.write(&data).await?,
+                    Some(CommandEvent::Exit(exit)) => {
+                        let mut o = exit_outcome(&exit);
+                        if let Some(reason) = interrupted {
+                            o.aborted = Some(reason);
+                            o.results = if reason == AbortReason::Stopped { Results::Cancelled } else { Results::Retry };
+                            o.state = format!("interrupted ({reason:?})");
+                        }
+                        if !exit.error.is_empty() {
+                            log.note(&format!("could not run the command: {}", exit.error)).await?;
+                        }
+                        log.note(&format!("{} (elapsed {} ms)", o.state, exit.elapsed_ms)).await?;
+                        break o;
+                    }
+                    Some(CommandEvent::Lost(why)) => {
+                        log.note(&format!("worker lost: {why}")).await?;
+                        break lost_outcome(interrupted);
+                    }
+                    None => {
+                        log.note("worker lost").await?;
+                        break lost_outcome(interrupted);
+                    }
+                },
+                _ = self.cancel.cancelled(), if interrupted.is_none() => {
+                    let reason = self.abort_reason();
+                    interrupted = Some(reason);
+                    give_up = tokio::time::Instant::now() + INTERRUPT_WAIT;
+                    log.note(&format!("interrupting the command: {reason:?}")).await?;
+                    st.workers.interrupt(self.worker.key, command_id, &format!("{reason:?}")).await;
+                }
+                _ = tokio::time::sleep_until(give_up) => {
+                    log.note("the worker did not confirm the interrupt").await?;
+                    break lost_outcome(interrupted);
+                }
+                _ = tick.tick() => {
+                    if log.flush_due() {
+                        log.flush().await?;
+                    }
+                }
+            }
+        };
+        st.workers.finish_command(command_id);
+        log.flush().await?;
+        Ok(outcome)
+    }
+}
+
+fn lost_outcome(interrupted: Option<AbortReason>) -> StepOutcome {
+    StepOutcome {
+        results: Results::Retry,
+        state: "worker lost".into(),
+        aborted: Some(interrupted.unwrap_or(AbortReason::WorkerLost)),
+    }
+}
+
+fn exit_outcome(exit: &CommandExit) -> StepOutcome {
+    let (results, state) = if !exit.error.is_empty() {
+        (Results::Exception, "could not start".to_owned())
+    } else if exit.timed_out {
+        (Results::Failure, "timed out; killed".to_owned())
+    } else if let Some(code) = exit.exit_code {
+        if code == 0 {
+            (Results::Success, "exit code 0".to_owned())
+        } else {
+            (Results::Failure, format!("exit code {code}"))
+        }
+    } else if let Some(sig) = exit.signal {
+        (Results::Failure, format!("killed by signal {sig}"))
+    } else {
+        (Results::Exception, "ended without a status".to_owned())
+    };
+    StepOutcome {
+        results,
+        state,
+        aborted: None,
+    }
+}
+
+/// The environment every step gets (CONTRACT.md), plus the builder's own.
+fn step_env(
+    st: &MasterState,
+    req: &RequestDetails,
+    build: &BuildRow,
+    worker: &str,
+    builder_env: &std::collections::BTreeMap<String, String>,
+) -> HashMap<String, String> {
+    let ss = req.sourcestamps.first().cloned().unwrap_or_default();
+    let mut env: HashMap<String, String> = builder_env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    env.insert("FLOTILLA_BUILDER".into(), req.builder.clone());
+    env.insert("FLOTILLA_BUILD_ID".into(), build.id.to_string());
+    env.insert("FLOTILLA_BUILD_NUMBER".into(), build.number.to_string());
+    env.insert("FLOTILLA_BUILDREQUEST_ID".into(), req.id.to_string());
+    env.insert("FLOTILLA_WORKER".into(), worker.to_owned());
+    env.insert("FLOTILLA_MASTER".into(), st.me.name.clone());
+    env.insert("FLOTILLA_REPOSITORY".into(), ss.repository);
+    env.insert("FLOTILLA_BRANCH".into(), ss.branch.unwrap_or_default());
+    env.insert("FLOTILLA_REVISION".into(), ss.revision.unwrap_or_default());
+    for (k, v) in &req.properties {
+        let value = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let key: String = k
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .collect();
+        env.insert(format!("FLOTILLA_PROP_{key}"), value);
+    }
+    env
+}
+
+/// A builder name made safe as a directory name.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .collect()
+}
+
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,128 @@
+//! The claim loop: whenever this master has idle workers, claim requests for
+//! the builders they serve (compare-and-swap in the database), give each
+//! won request to a worker and start its build.
+//!
+//! It wakes on a notification (work submitted through this master, a worker
+//! attached or became idle) and otherwise every `poll_interval`, which is how
+//! work submitted through other masters is found. Like Buildbot, a master
+//! claims only what it can start at once, so a request never waits on a
+//! master that has no free worker for it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::workers::IdleWorker;
+use super::{MasterState, build};
+
+/// How long to back off after a database error.
+const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+pub async fn run(state: Arc<MasterState>) {
+    let poll = state.config.cluster.poll_interval.get();
+    loop {
+        if state.is_draining() {
+            if state.shutdown.graceful.is_cancelled() {
+                return;
+            }
+            let handed = state.workers.release_idle_to_gateway("this master is draining").await;
+            if handed > 0 {
+                tracing::info!(workers = handed, "handed idle workers back to the gateway");
+            }
+        } else if state.db_healthy.load(std::sync::atomic::Ordering::SeqCst) {
+            match claim_round(&state).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming failed; retrying");
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = state.wake.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = state.shutdown.graceful.cancelled() => {}
+        }
+    }
+}
+
+/// One round; true when it started builds (there may be more to claim).
+async fn claim_round(state: &Arc<MasterState>) -> Result<bool, crate::db::DbError> {
+    let idle = state.workers.idle();
+    if idle.is_empty() {
+        return Ok(false);
+    }
+    let mut wants: HashMap<i64, usize> = HashMap::new();
+    for w in &idle {
+        for b in &w.builders {
+            *wants.entry(*b).or_default() += 1;
+        }
+    }
+    // A worker serving several builders counts for each: cap every builder at
+    // the number of idle workers so one round never claims more than it can run.
+    let cap = idle.len();
+    let mut wants: Vec<(i64, usize)> = wants.into_iter().map(|(b, n)| (b, n.min(cap))).collect();
+    wants.sort_by_key(|(b, _)| std::cmp::Reverse(builder_priority(state, *b)));
+    if wants.is_empty() {
+        return Ok(false);
+    }
+    let started = std::time::Instant::now();
+    let won = state.store.pick_and_claim_per_builder(state.master_id(), &wants).await?;
+    metrics::histogram!("flotilla_claim_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("flotilla_claims_won_total").increment(won.len() as u64);
+    if won.is_empty() {
+        return Ok(false);
+    }
+    let mut free: Vec<IdleWorker> = idle;
+    let mut leftovers = Vec::new();
+    let mut assigned = Vec::new();
+    for (request_id, builder_id) in won {
+        match free.iter().position(|w| w.builders.contains(&builder_id)) {
+            Some(i) => {
+                let w = free.remove(i);
+                if state.workers.reserve(w.key) {
+                    assigned.push((request_id, builder_id, w));
+                } else {
+                    leftovers.push(request_id);
+                }
+            }
+            None => leftovers.push(request_id),
+        }
+    }
+    let any = !assigned.is_empty();
+    for (request_id, builder_id, worker) in assigned {
+        build::spawn(state.clone(), request_id, builder_id, worker);
+    }
+    if !leftovers.is_empty() {
+        // Won more than the workers could take (a worker serving two builders): give them back now.
+        give_back(state, leftovers).await;
+    }
+    Ok(any)
+}
+
+/// Unclaims requests this master cannot run, retrying through database
+/// errors: a claim left behind would wait for the lease to run out.
+async fn give_back(state: &MasterState, ids: Vec<i64>) {
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..8 {
+        match state.store.unclaim(state.master_id(), &ids).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not give back claims; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::error!(requests = ?ids, "could not give back claims; they return to the queue when the lease expires");
+}
+
+fn builder_priority(state: &MasterState, builder_id: i64) -> i32 {
+    state
+        .config
+        .builders
+        .iter()
+        .find(|b| state.builder_ids.get(&b.name) == Some(&builder_id))
+        .map_or(0, |b| b.priority)
+}

@@ -1,0 +1,212 @@
+//! The master's link to one gateway: the master dials out, says hello with
+//! its identity, heartbeats on the link (so the gateway can fence it when it
+//! freezes), answers worker authentication, and carries commands to and
+//! output from the workers routed here. Reconnects with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_proto::v1::master_link_client::MasterLinkClient;
+use flotilla_proto::v1::{
+    AuthRequest, AuthResult, FromWorker, GatewayToMaster, MasterHeartbeat, MasterHello, MasterToGateway,
+    gateway_to_master, master_to_gateway, worker_message,
+};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::MasterState;
+use super::workers::{CommandEvent, WorkerKey};
+
+const OUTBOUND_QUEUE: usize = 1024;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Keeps a link to the gateway at `url` up until `stop`.
+pub async fn run(state: Arc<MasterState>, link: u64, url: String, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            r = session(&state, link, &url) => r,
+            _ = stop.cancelled() => Ok(()),
+        };
+        state.workers.detach_link(link, "the link to the gateway closed");
+        state.wake.notify_one();
+        if stop.is_cancelled() {
+            return;
+        }
+        match result {
+            Ok(()) => tracing::warn!(gateway = %url, "gateway link ended; reconnecting"),
+            Err(e) => tracing::warn!(gateway = %url, error = %e, "gateway link failed; reconnecting"),
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn heartbeat_every(state: &MasterState) -> Duration {
+    let silence = state.config.cluster.master_timeout.get() / 2;
+    (silence / 4).clamp(Duration::from_millis(50), state.config.cluster.heartbeat_interval.get())
+}
+
+async fn session(state: &Arc<MasterState>, link: u64, url: &str) -> Result<(), String> {
+    let mut client = MasterLinkClient::connect(url.to_owned())
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?
+        .max_decoding_message_size(flotilla_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(flotilla_proto::MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel::<MasterToGateway>(OUTBOUND_QUEUE);
+    let hello = MasterHello {
+        master_id: state.master_id(),
+        name: state.me.name.clone(),
+        draining: state.is_draining(),
+        silence_timeout_ms: (state.config.cluster.master_timeout.get() / 2).as_millis() as u64,
+    };
+    tx.send(msg(master_to_gateway::Msg::Hello(hello)))
+        .await
+        .map_err(|_| "link closed".to_string())?;
+    let mut inbound = client
+        .attach(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("attach refused: {s}"))?
+        .into_inner();
+    tracing::info!(gateway = %url, "attached to gateway");
+
+    let beat = heartbeat_every(state);
+    let hb_tx = tx.clone();
+    let hb_state = state.clone();
+    let heartbeat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(beat);
+        loop {
+            tick.tick().await;
+            // Only beat while the database knows we are alive: a master cut
+            // off from the database must be fenced by the gateway in time.
+            if !hb_state.db_healthy.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            let m = msg(master_to_gateway::Msg::Heartbeat(MasterHeartbeat {
+                draining: hb_state.is_draining(),
+            }));
+            if hb_tx.send(m).await.is_err() {
+                return;
+            }
+        }
+    });
+    let result = loop {
+        match inbound.message().await {
+            Ok(Some(m)) => handle(state, link, &tx, m).await,
+            Ok(None) => break Ok(()),
+            Err(status) => break Err(format!("stream error: {status}")),
+        }
+    };
+    heartbeat.abort();
+    result
+}
+
+fn msg(m: master_to_gateway::Msg) -> MasterToGateway {
+    MasterToGateway { msg: Some(m) }
+}
+
+async fn handle(state: &Arc<MasterState>, link: u64, tx: &mpsc::Sender<MasterToGateway>, m: GatewayToMaster) {
+    match m.msg {
+        Some(gateway_to_master::Msg::AuthRequest(req)) => {
+            let (result, accepted) = authenticate(state, &req).await;
+            // The answer goes out before the worker is attached, so no command
+            // for this session can reach the gateway ahead of it.
+            let ok = tx.send(msg(master_to_gateway::Msg::AuthResult(result))).await.is_ok();
+            if let (true, Some((worker_id, builders))) = (ok, accepted) {
+                let key = WorkerKey {
+                    link,
+                    session: req.session,
+                };
+                state.workers.attach(key, req.name.clone(), worker_id, builders, tx.clone());
+                tracing::info!(worker = %req.name, "worker attached");
+                state.wake.notify_one();
+            }
+        }
+        Some(gateway_to_master::Msg::Detached(d)) => {
+            state.workers.detach(
+                WorkerKey {
+                    link,
+                    session: d.session,
+                },
+                &format!("worker left: {}", d.reason),
+            );
+            state.wake.notify_one();
+        }
+        Some(gateway_to_master::Msg::FromWorker(FromWorker { msg: Some(wm), .. })) => match wm.msg {
+            Some(worker_message::Msg::Output(o)) => deliver(state, o.command_id, CommandEvent::Output(o.data)).await,
+            Some(worker_message::Msg::Exit(e)) => deliver(state, e.command_id, CommandEvent::Exit(e)).await,
+            Some(worker_message::Msg::Heartbeat(_)) | Some(worker_message::Msg::Register(_)) | None => {}
+        },
+        Some(gateway_to_master::Msg::FromWorker(_)) | Some(gateway_to_master::Msg::Hello(_)) | None => {}
+    }
+}
+
+async fn deliver(state: &MasterState, command_id: u64, event: CommandEvent) {
+    if let Some(tx) = state.workers.command_sender(command_id) {
+        // Waiting here is the back-pressure that keeps a huge log from piling up in memory.
+        let _ = tx.send(event).await;
+    }
+}
+
+/// Checks a worker's password against the cluster file. On success also
+/// returns the worker's id and the builders it serves.
+async fn authenticate(state: &Arc<MasterState>, req: &AuthRequest) -> (AuthResult, Option<(i64, Vec<i64>)>) {
+    let refuse = |reason: &str| {
+        tracing::warn!(worker = %req.name, reason, "worker refused");
+        (
+            AuthResult {
+                session: req.session,
+                accepted: false,
+                reason: reason.to_owned(),
+            },
+            None,
+        )
+    };
+    let Some(expected) = state.passwords.get(&req.name) else {
+        return refuse("unknown worker name");
+    };
+    if !constant_time_eq(expected.as_bytes(), req.password.as_bytes()) {
+        return refuse("wrong password");
+    }
+    if req.protocol_version == 0 || req.protocol_version > flotilla_proto::PROTOCOL_VERSION {
+        return refuse("unsupported protocol version");
+    }
+    let info = serde_json::to_value(&req.facts).unwrap_or_default();
+    let worker_id = match state.store.ensure_worker(&req.name, &info).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(worker = %req.name, error = %e, "cannot record worker; refusing for now");
+            return refuse("the master cannot reach its database; try again");
+        }
+    };
+    let builders: Vec<i64> = state
+        .config
+        .builders
+        .iter()
+        .filter(|b| b.workers.iter().any(|w| w == &req.name))
+        .filter_map(|b| state.builder_ids.get(&b.name).copied())
+        .collect();
+    let accepted = AuthResult {
+        session: req.session,
+        accepted: true,
+        reason: String::new(),
+    };
+    (accepted, Some((worker_id, builders)))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,255 @@
+//! A running master: its identity in the database, its links to the
+//! gateway(s), the workers routed to it, the claim loop, the builds it runs,
+//! the maintenance loop (heartbeat, reaping, renewal) and its HTTP API.
+//!
+//! Shutdown is one tree of cancellation tokens: the graceful token stops
+//! claiming and lets builds finish for up to `shutdown_grace`; the immediate
+//! token (or the end of the grace) interrupts what still runs and hands the
+//! requests back to the queue before the master marks itself inactive.
+
+mod build;
+mod build_log;
+mod claim_loop;
+mod link;
+mod maintenance;
+mod workers;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ClusterConfig;
+use crate::db::{DbError, MasterRow, Store};
+
+pub use build::AbortReason;
+pub use workers::{WorkerRegistry, WorkerView};
+
+/// What `flotilla master` (or the quickstart) hands to [`run`].
+#[derive(Debug)]
+pub struct MasterOptions {
+    pub config: Arc<ClusterConfig>,
+    pub name: String,
+    /// The HTTP API listener (bind port 0 in tests).
+    pub http: TcpListener,
+    /// A store whose schema is current.
+    pub store: Store,
+}
+
+/// The two shutdown signals: graceful first, immediate on a second signal.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    pub graceful: CancellationToken,
+    pub immediate: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("bad configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("this master was declared dead by the cluster (it could not heartbeat in time); its builds were stopped")]
+    Fenced,
+}
+
+impl MasterError {
+    /// Exit code of the contract for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            MasterError::Config(_) => 78,
+            MasterError::Db(DbError::Unreachable(_)) => 69,
+            MasterError::Db(DbError::BadUrl(_) | DbError::AccessDenied(_)) => 78,
+            MasterError::Db(DbError::SchemaNotCurrent { .. } | DbError::SchemaNewer { .. }) => 78,
+            _ => 1,
+        }
+    }
+}
+
+/// A build this master runs now.
+#[derive(Debug)]
+pub(crate) struct RunningBuild {
+    pub request_id: i64,
+    pub cancel: CancellationToken,
+    pub reason: Arc<Mutex<Option<AbortReason>>>,
+}
+
+/// State shared by the master's tasks.
+#[derive(Debug)]
+pub struct MasterState {
+    pub config: Arc<ClusterConfig>,
+    pub store: Store,
+    pub me: MasterRow,
+    /// Builder name to `builders.id`.
+    pub builder_ids: HashMap<String, i64>,
+    /// Worker name to password, read once at start.
+    pub(crate) passwords: HashMap<String, String>,
+    pub workers: WorkerRegistry,
+    /// Wakes the claim loop: new work submitted here, a worker became idle.
+    pub wake: Notify,
+    /// Set by `flotilla drain` (read from the database) or by shutdown.
+    pub draining: AtomicBool,
+    /// Whether the last heartbeat reached the database.
+    pub db_healthy: AtomicBool,
+    /// The database says this incarnation is dead: it must stop.
+    pub(crate) declared_dead: AtomicBool,
+    pub(crate) running: Mutex<HashMap<i64, RunningBuild>>,
+    pub(crate) next_command: AtomicU64,
+    pub shutdown: Shutdown,
+    /// Builds and helper tasks, awaited on the way out.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl MasterState {
+    pub fn master_id(&self) -> i64 {
+        self.me.id
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Request ids of the builds running here.
+    pub fn running_requests(&self) -> Vec<i64> {
+        self.lock_running().values().map(|b| b.request_id).collect()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.lock_running().len()
+    }
+
+    pub(crate) fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<i64, RunningBuild>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the builds of these requests (or all, for `None`) for `reason`.
+    pub fn abort_builds(&self, requests: Option<&[i64]>, reason: AbortReason) {
+        for b in self.lock_running().values() {
+            if requests.is_none_or(|r| r.contains(&b.request_id)) {
+                let mut slot = b.reason.lock().unwrap_or_else(|e| e.into_inner());
+                slot.get_or_insert(reason);
+                b.cancel.cancel();
+            }
+        }
+    }
+}
+
+/// Runs a master until shutdown. Registers a new incarnation, releases the
+/// claims of older incarnations of the same name, and serves.
+pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterError> {
+    crate::http::install_metrics();
+    let store = opts.store;
+    let config = opts.config;
+    let mut passwords = HashMap::new();
+    for w in &config.workers {
+        let pw = w.resolve_password().map_err(MasterError::Config)?;
+        passwords.insert(w.name.clone(), pw);
+    }
+    let names: Vec<String> = config.builders.iter().map(|b| b.name.clone()).collect();
+    let builder_ids = store.ensure_builders(&names).await?;
+    let me = store.register_master(&opts.name).await?;
+    let released = store.release_older_incarnations(&me).await?;
+    tracing::info!(
+        master = %me.name,
+        id = me.id,
+        boot_time = %me.boot_time,
+        released_from_older_incarnations = released.len(),
+        "master registered"
+    );
+    let state = Arc::new(MasterState {
+        config: config.clone(),
+        store: store.clone(),
+        me,
+        builder_ids,
+        passwords,
+        workers: WorkerRegistry::default(),
+        wake: Notify::new(),
+        draining: AtomicBool::new(false),
+        db_healthy: AtomicBool::new(true),
+        declared_dead: AtomicBool::new(false),
+        running: Mutex::new(HashMap::new()),
+        next_command: AtomicU64::new(1),
+        shutdown: shutdown.clone(),
+        tasks: TaskTracker::new(),
+    });
+
+    // Services that run until the very end (HTTP, links) stop on `stop_all`.
+    let stop_all = CancellationToken::new();
+    let http_state = state.clone();
+    let http_stop = stop_all.clone();
+    let http = tokio::spawn(crate::http::serve(opts.http, http_state, http_stop));
+    let mut links = Vec::new();
+    for (i, url) in config.gateway.master_urls().into_iter().enumerate() {
+        links.push(tokio::spawn(link::run(state.clone(), i as u64, url, stop_all.clone())));
+    }
+    let maintenance = tokio::spawn(maintenance::run(state.clone(), stop_all.clone()));
+    let claimer = tokio::spawn(claim_loop::run(state.clone()));
+
+    let fenced = tokio::select! {
+        _ = shutdown.graceful.cancelled() => false,
+        r = maintenance_fenced(&state) => r,
+    };
+    state.draining.store(true, Ordering::SeqCst);
+    state.wake.notify_waiters();
+    if fenced {
+        state.abort_builds(None, AbortReason::LostClaim);
+    } else {
+        drain_running(&state).await;
+    }
+    let _ = claimer.await;
+    state.tasks.close();
+    state.tasks.wait().await;
+    // Hand back anything still claimed (nothing, normally) and leave the cluster.
+    if !fenced {
+        if let Err(e) = store.deactivate_master(state.master_id()).await {
+            tracing::error!(error = %e, "could not mark this master inactive; others will reap it after master_timeout");
+        }
+    }
+    stop_all.cancel();
+    let _ = maintenance.await;
+    for l in links {
+        let _ = l.await;
+    }
+    let _ = http.await;
+    tracing::info!("master stopped");
+    if fenced { Err(MasterError::Fenced) } else { Ok(()) }
+}
+
+/// Resolves when the maintenance loop finds this incarnation declared dead.
+async fn maintenance_fenced(state: &MasterState) -> bool {
+    loop {
+        if maintenance::declared_dead(state) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Lets running builds finish for up to `shutdown_grace` (less on a second
+/// signal), then interrupts the rest; their requests go back to the queue.
+async fn drain_running(state: &MasterState) {
+    let grace = state.config.cluster.shutdown_grace.get();
+    let count = state.running_count();
+    if count > 0 {
+        tracing::info!(running = count, grace = ?grace, "waiting for running builds to finish");
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while state.running_count() > 0 {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = state.shutdown.immediate.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    if state.running_count() > 0 {
+        tracing::warn!(running = state.running_count(), "handing unfinished builds back to the queue");
+        state.abort_builds(None, AbortReason::Shutdown);
+    }
+}

@@ -1,0 +1,282 @@
+//! The workers the gateway routed to this master, and the commands running
+//! on them. A worker is known by its gateway link and session; output and
+//! exit messages are handed to the build that started the command.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use flotilla_proto::v1::{
+    CommandExit, GatewayMessage, Interrupt, MasterToGateway, Reconnect, RunCommand, ToWorker, gateway_message,
+    master_to_gateway,
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// A worker session on one gateway link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WorkerKey {
+    pub link: u64,
+    pub session: u64,
+}
+
+/// What a running command reports to the build that started it.
+#[derive(Debug)]
+pub enum CommandEvent {
+    Output(Vec<u8>),
+    Exit(CommandExit),
+    /// The worker went away (its stream ended, or this master's link did).
+    Lost(String),
+}
+
+#[derive(Debug)]
+struct Attached {
+    name: String,
+    worker_id: i64,
+    builders: Vec<i64>,
+    busy: bool,
+    link_tx: mpsc::Sender<MasterToGateway>,
+    commands: HashSet<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    workers: HashMap<WorkerKey, Attached>,
+    commands: HashMap<u64, (WorkerKey, mpsc::Sender<CommandEvent>)>,
+}
+
+/// An idle worker the claim loop may give a request to.
+#[derive(Clone, Debug)]
+pub struct IdleWorker {
+    pub key: WorkerKey,
+    pub name: String,
+    pub worker_id: i64,
+    pub builders: Vec<i64>,
+}
+
+/// A worker as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerView {
+    pub name: String,
+    pub idle: bool,
+}
+
+/// Output chunks a build may have in flight before the link waits for it.
+const COMMAND_QUEUE: usize = 64;
+
+#[derive(Debug, Default)]
+pub struct WorkerRegistry {
+    inner: Mutex<Inner>,
+}
+
+impl WorkerRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn attach(
+        &self,
+        key: WorkerKey,
+        name: String,
+        worker_id: i64,
+        builders: Vec<i64>,
+        link_tx: mpsc::Sender<MasterToGateway>,
+    ) {
+        let mut inner = self.lock();
+        // A worker name lives once per master: a reconnect replaces the old session.
+        let stale: Vec<WorkerKey> = inner
+            .workers
+            .iter()
+            .filter(|(k, w)| w.name == name && **k != key)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            lose(&mut inner, k, "the worker connected again");
+        }
+        inner.workers.insert(
+            key,
+            Attached {
+                name,
+                worker_id,
+                builders,
+                busy: false,
+                link_tx,
+                commands: HashSet::new(),
+            },
+        );
+    }
+
+    /// The worker left; its running commands are reported lost.
+    pub fn detach(&self, key: WorkerKey, reason: &str) {
+        lose(&mut self.lock(), key, reason);
+    }
+
+    /// A gateway link ended: every worker on it is gone.
+    pub fn detach_link(&self, link: u64, reason: &str) {
+        let mut inner = self.lock();
+        let keys: Vec<WorkerKey> = inner.workers.keys().filter(|k| k.link == link).copied().collect();
+        for k in keys {
+            lose(&mut inner, k, reason);
+        }
+    }
+
+    pub fn idle(&self) -> Vec<IdleWorker> {
+        let mut idle: Vec<IdleWorker> = self
+            .lock()
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.busy)
+            .map(|(k, w)| IdleWorker {
+                key: *k,
+                name: w.name.clone(),
+                worker_id: w.worker_id,
+                builders: w.builders.clone(),
+            })
+            .collect();
+        idle.sort_by(|a, b| a.name.cmp(&b.name));
+        idle
+    }
+
+    /// Marks an idle worker busy; false if it is gone or already busy.
+    pub fn reserve(&self, key: WorkerKey) -> bool {
+        match self.lock().workers.get_mut(&key) {
+            Some(w) if !w.busy => {
+                w.busy = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn release(&self, key: WorkerKey) {
+        if let Some(w) = self.lock().workers.get_mut(&key) {
+            w.busy = false;
+        }
+    }
+
+    pub fn is_attached(&self, key: WorkerKey) -> bool {
+        self.lock().workers.contains_key(&key)
+    }
+
+    /// Sends a command to the worker; its events arrive on the returned receiver.
+    pub async fn start_command(
+        &self,
+        key: WorkerKey,
+        run: RunCommand,
+    ) -> Result<mpsc::Receiver<CommandEvent>, String> {
+        let command_id = run.command_id;
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let link_tx = {
+            let mut inner = self.lock();
+            let Some(w) = inner.workers.get_mut(&key) else {
+                return Err("the worker is no longer connected".into());
+            };
+            w.commands.insert(command_id);
+            let link_tx = w.link_tx.clone();
+            inner.commands.insert(command_id, (key, tx));
+            link_tx
+        };
+        let msg = to_worker(key.session, gateway_message::Msg::Run(run));
+        if link_tx.send(msg).await.is_err() {
+            self.finish_command(command_id);
+            return Err("the gateway link closed".into());
+        }
+        Ok(rx)
+    }
+
+    /// Where to deliver an event of this command, if anyone still listens.
+    pub fn command_sender(&self, command_id: u64) -> Option<mpsc::Sender<CommandEvent>> {
+        self.lock().commands.get(&command_id).map(|(_, tx)| tx.clone())
+    }
+
+    pub fn finish_command(&self, command_id: u64) {
+        let mut inner = self.lock();
+        if let Some((key, _)) = inner.commands.remove(&command_id) {
+            if let Some(w) = inner.workers.get_mut(&key) {
+                w.commands.remove(&command_id);
+            }
+        }
+    }
+
+    pub async fn interrupt(&self, key: WorkerKey, command_id: u64, reason: &str) {
+        let tx = self.lock().workers.get(&key).map(|w| w.link_tx.clone());
+        if let Some(tx) = tx {
+            let msg = to_worker(
+                key.session,
+                gateway_message::Msg::Interrupt(Interrupt {
+                    command_id,
+                    reason: reason.to_owned(),
+                }),
+            );
+            let _ = tx.send(msg).await;
+        }
+    }
+
+    /// Hands idle workers back to the gateway (used while draining), which
+    /// routes them to another master.
+    pub async fn release_idle_to_gateway(&self, reason: &str) -> usize {
+        let targets: Vec<(WorkerKey, mpsc::Sender<MasterToGateway>)> = {
+            let mut inner = self.lock();
+            let keys: Vec<WorkerKey> = inner
+                .workers
+                .iter()
+                .filter(|(_, w)| !w.busy)
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| inner.workers.remove(&k).map(|w| (k, w.link_tx)))
+                .collect()
+        };
+        let n = targets.len();
+        for (k, tx) in targets {
+            let msg = to_worker(
+                k.session,
+                gateway_message::Msg::Reconnect(Reconnect {
+                    reason: reason.to_owned(),
+                }),
+            );
+            let _ = tx.send(msg).await;
+        }
+        n
+    }
+
+    pub fn views(&self) -> Vec<WorkerView> {
+        let mut v: Vec<WorkerView> = self
+            .lock()
+            .workers
+            .values()
+            .map(|w| WorkerView {
+                name: w.name.clone(),
+                idle: !w.busy,
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().workers.len()
+    }
+}
+
+fn lose(inner: &mut Inner, key: WorkerKey, reason: &str) {
+    let Some(w) = inner.workers.remove(&key) else {
+        return;
+    };
+    for id in w.commands {
+        if let Some((_, tx)) = inner.commands.remove(&id) {
+            // The build is waiting on this channel; a full queue means it is
+            // busy storing output and will see the channel close instead.
+            let _ = tx.try_send(CommandEvent::Lost(reason.to_owned()));
+        }
+    }
+    tracing::info!(worker = %w.name, reason, "worker detached");
+}
+
+pub fn to_worker(session: u64, msg: gateway_message::Msg) -> MasterToGateway {
+    MasterToGateway {
+        msg: Some(master_to_gateway::Msg::ToWorker(ToWorker {
+            session,
+            msg: Some(GatewayMessage { msg: Some(msg) }),
+        })),
+    }
+}

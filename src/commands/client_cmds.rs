@@ -1,0 +1,148 @@
+//! Client commands that talk to a master's HTTP API: `sendchange`,
+//! `force`, `status`, `drain` and `undrain`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::wait;
+use crate::cli::{ForceArgs, SendchangeArgs, StatusArgs, StatusWhat};
+use crate::client::ApiClient;
+use crate::exit;
+
+#[derive(Debug, Deserialize)]
+pub struct BuildsetCreated {
+    pub buildset_id: i64,
+    pub buildrequest_ids: Vec<i64>,
+}
+
+fn properties(props: &[(String, String)]) -> BTreeMap<String, String> {
+    props.iter().cloned().collect()
+}
+
+pub async fn sendchange(api: &ApiClient, a: SendchangeArgs) -> i32 {
+    let body = json!({
+        "repository": a.repository,
+        "branch": a.branch,
+        "revision": a.revision,
+        "author": a.author,
+        "comments": a.comments,
+        "files": a.files,
+        "project": a.project,
+        "properties": properties(&a.properties),
+    });
+    match api.post::<_, Value>("/api/v1/changes", &body).await {
+        Ok(v) => {
+            let id = v.get("change_id").cloned().unwrap_or(Value::Null);
+            let buildsets = v.get("buildsets").and_then(Value::as_array).map_or(0, Vec::len);
+            println!("change {id} submitted; {buildsets} buildset(s) created now");
+            exit::OK
+        }
+        Err(e) => e.report(),
+    }
+}
+
+pub async fn force(api: &ApiClient, a: ForceArgs) -> i32 {
+    let body = json!({
+        "builder": a.builder,
+        "branch": a.branch,
+        "revision": a.revision,
+        "repository": a.repository,
+        "reason": a.reason,
+        "priority": a.priority,
+        "properties": properties(&a.properties),
+    });
+    let created: BuildsetCreated = match api.post("/api/v1/force", &body).await {
+        Ok(c) => c,
+        Err(e) => return e.report(),
+    };
+    if a.json {
+        println!(
+            "{}",
+            json!({"buildset_id": created.buildset_id, "buildrequest_ids": created.buildrequest_ids})
+        );
+    } else {
+        let ids: Vec<String> = created.buildrequest_ids.iter().map(i64::to_string).collect();
+        println!("buildset {} with build request(s) {}", created.buildset_id, ids.join(", "));
+    }
+    if a.wait {
+        wait::for_requests(api, &created.buildrequest_ids, !a.json).await
+    } else {
+        exit::OK
+    }
+}
+
+pub async fn drain(api: &ApiClient, name: &str, drain: bool) -> i32 {
+    let verb = if drain { "drain" } else { "undrain" };
+    match api.post::<_, Value>(&format!("/api/v1/masters/{name}/{verb}"), &json!({})).await {
+        Ok(v) => {
+            let n = v.get("masters").and_then(Value::as_u64).unwrap_or(0);
+            println!("{verb}: {n} master(s) named {name}");
+            exit::OK
+        }
+        Err(e) => e.report(),
+    }
+}
+
+pub async fn status(api: &ApiClient, a: StatusArgs) -> i32 {
+    let (path, columns): (&str, &[&str]) = match a.what {
+        StatusWhat::Masters => ("/api/v1/masters", &["id", "name", "active", "draining", "last_active"]),
+        StatusWhat::Builders => ("/api/v1/builders", &["name", "pending", "running", "workers"]),
+        StatusWhat::Requests => (
+            "/api/v1/buildrequests?complete=false",
+            &["id", "builder", "priority", "submitted_at", "claimed_by_master", "complete", "results"],
+        ),
+        StatusWhat::Builds => (
+            "/api/v1/builds?limit=50",
+            &["id", "builder", "number", "worker", "master", "started_at", "results"],
+        ),
+        StatusWhat::Workers => ("/api/v1/workers", &["name", "connected", "master", "idle", "builders"]),
+    };
+    let rows: Value = match api.get(path).await {
+        Ok(v) => v,
+        Err(e) => return e.report(),
+    };
+    if a.json {
+        println!("{rows}");
+        return exit::OK;
+    }
+    print_table(columns, rows.as_array().map(Vec::as_slice).unwrap_or_default());
+    exit::OK
+}
+
+fn cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) => a.iter().map(|x| cell(Some(x))).collect::<Vec<_>>().join(","),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn print_table(columns: &[&str], rows: &[Value]) {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| cell(r.get(*c))).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cells.iter().map(|r| r[i].len()).chain([c.len()]).max().unwrap_or(0))
+        .collect();
+    let line = |vals: Vec<String>| {
+        let parts: Vec<String> = vals
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(columns.iter().map(|c| c.to_uppercase()).collect());
+    for r in cells {
+        line(r);
+    }
+    if rows.is_empty() {
+        println!("(none)");
+    }
+}

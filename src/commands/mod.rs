@@ -1,0 +1,46 @@
+//! One function per command; `dispatch` returns the process exit code.
+
+mod client_cmds;
+mod db;
+mod quickstart;
+mod servers;
+mod wait;
+
+use std::path::Path;
+
+use flotilla_master::config::ClusterConfig;
+
+use crate::cli::{Cli, Command};
+use crate::client::ApiClient;
+use crate::exit;
+
+pub async fn dispatch(cli: Cli) -> i32 {
+    let api = ApiClient::new(&cli.api);
+    match cli.command {
+        Command::Quickstart(a) => quickstart::run(a).await,
+        Command::Db(c) => db::run(c).await,
+        Command::Master(a) => servers::master(a).await,
+        Command::Gateway(a) => servers::gateway(a).await,
+        Command::Worker(a) => servers::worker(a).await,
+        Command::Sendchange(a) => client_cmds::sendchange(&api, a).await,
+        Command::Force(a) => client_cmds::force(&api, a).await,
+        Command::Status(a) => client_cmds::status(&api, a).await,
+        Command::Drain(a) => client_cmds::drain(&api, &a.master_name, true).await,
+        Command::Undrain(a) => client_cmds::drain(&api, &a.master_name, false).await,
+        Command::Try(_) => not_yet("try"),
+        Command::Janitor(_) => not_yet("janitor"),
+    }
+}
+
+fn not_yet(what: &str) -> i32 {
+    eprintln!("flotilla: `{what}` is not yet available in this version");
+    exit::USAGE
+}
+
+/// Loads the cluster file, printing the error and giving exit 78 on failure.
+fn load_config(path: &Path) -> Result<ClusterConfig, i32> {
+    ClusterConfig::load(path).map_err(|e| {
+        eprintln!("flotilla: bad configuration: {e}");
+        exit::CONFIG
+    })
+}

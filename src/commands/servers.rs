@@ -1,0 +1,164 @@
+//! The long-running components: `master`, `gateway` and `worker`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_master::runtime::{self, MasterOptions, Shutdown};
+
+use super::load_config;
+use crate::cli::{GatewayArgs, MasterArgs, WorkerArgs};
+use crate::exit;
+use crate::signals::Signals;
+
+fn install_signals() -> Result<Signals, i32> {
+    Signals::install().map_err(|e| {
+        eprintln!("flotilla: cannot install signal handlers: {e}");
+        exit::SOFTWARE
+    })
+}
+
+async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener, i32> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        eprintln!("flotilla: cannot listen for {what} on {addr}: {e}");
+        exit::FAILED
+    })
+}
+
+pub fn default_master_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "master".to_owned())
+}
+
+pub async fn master(a: MasterArgs) -> i32 {
+    let config = match load_config(&a.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let signals = match install_signals() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let http_addr = a.http.clone().unwrap_or_else(|| config.api.listen.clone());
+    let http = match bind(&http_addr, "the HTTP API").await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let store = match super::db::connect(&config.database.url).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if let Err(e) = store.ensure_current().await {
+        return exit::db_error("refusing to start", &e);
+    }
+    let opts = MasterOptions {
+        config: Arc::new(config),
+        name: a.name.unwrap_or_else(default_master_name),
+        http,
+        store,
+    };
+    let shutdown = Shutdown {
+        graceful: signals.graceful.clone(),
+        immediate: signals.immediate.clone(),
+    };
+    match runtime::run(opts, shutdown).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("flotilla: master stopped: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+pub async fn gateway(a: GatewayArgs) -> i32 {
+    let config = match load_config(&a.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let signals = match install_signals() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let addr = a.listen.unwrap_or_else(|| config.gateway.listen.clone());
+    let listener = match bind(&addr, "workers and masters").await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let opts = match gateway_options(&config) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    tracing::info!(%addr, "gateway listening");
+    match flotilla_gateway::serve(listener, opts, signals.graceful.clone()).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("flotilla: gateway stopped: {e}");
+            exit::FAILED
+        }
+    }
+}
+
+pub fn gateway_options(config: &flotilla_master::config::ClusterConfig) -> Result<flotilla_gateway::GatewayOptions, i32> {
+    let mut opts = flotilla_gateway::GatewayOptions {
+        default_silence_timeout: config.cluster.master_timeout.get() / 2,
+        ..Default::default()
+    };
+    match (&config.gateway.tls_cert, &config.gateway.tls_key) {
+        (Some(cert), Some(key)) => {
+            opts.tls = Some(flotilla_gateway::TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+            });
+        }
+        (None, None) => {}
+        _ => {
+            eprintln!("flotilla: bad configuration: key `gateway.tls_cert`: tls_cert and tls_key go together");
+            return Err(exit::CONFIG);
+        }
+    }
+    Ok(opts)
+}
+
+pub async fn worker(a: WorkerArgs) -> i32 {
+    let password = match (&a.password_env, &a.password_file) {
+        (Some(var), _) => match std::env::var(var) {
+            Ok(p) => p,
+            Err(_) => {
+                eprintln!("flotilla: environment variable {var} (--password-env) is not set");
+                return exit::CONFIG;
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(p) => p.trim_end_matches(['\n', '\r']).to_owned(),
+            Err(e) => {
+                eprintln!("flotilla: cannot read --password-file {}: {e}", path.display());
+                return exit::CONFIG;
+            }
+        },
+        (None, None) => {
+            eprintln!("flotilla: give --password-env VAR or --password-file FILE");
+            return exit::USAGE;
+        }
+    };
+    let signals = match install_signals() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let opts = flotilla_worker::WorkerOptions {
+        gateway: a.gateway,
+        name: a.name,
+        password,
+        basedir: a.basedir,
+        heartbeat_interval: Duration::from_secs(5),
+        max_backoff: Duration::from_secs(30),
+    };
+    match flotilla_worker::run(opts, signals.graceful.clone()).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("flotilla: worker stopped: {e}");
+            exit::FAILED
+        }
+    }
+}

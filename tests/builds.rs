@@ -1,0 +1,181 @@
+//! Builds end to end across real processes: a gateway, masters and workers
+//! as `flotilla` processes on loopback ports, against a fresh MariaDB database.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{Cluster, ClusterSpec, eventually};
+use serde_json::Value;
+use sqlx::Row;
+
+fn echo_builder(workers: &str) -> String {
+    format!(
+        r#"
+[[builders]]
+name = "echo"
+workers = {workers}
+  [[builders.steps]]
+  name = "print"
+  command = ["sh", "-c", "echo revision=$FLOTILLA_REVISION request=$FLOTILLA_BUILDREQUEST_ID worker=$FLOTILLA_WORKER"]
+  timeout = "30s"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_builds_on_two_masters_and_three_workers_each_complete_once() {
+    let spec = ClusterSpec::new(2, 3, "");
+    let spec = ClusterSpec {
+        builders_toml: echo_builder(&spec.worker_list()),
+        ..spec
+    };
+    let cluster = Cluster::start("fifty", spec).await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        // Submit through both masters.
+        ids.push(cluster.force(i % 2, "echo", &format!("rev{i:03}")).await);
+    }
+    let rows = cluster.wait_complete(0, &ids, Duration::from_secs(120)).await;
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["results"], "success", "request {}: {row}", ids[i]);
+        let builds = cluster.builds_of(0, ids[i]).await;
+        assert_eq!(builds.len(), 1, "request {} has {} builds", ids[i], builds.len());
+        let log = cluster.step_log(0, builds[0]["id"].as_i64().unwrap(), 0).await;
+        assert!(
+            log.contains(&format!("revision=rev{i:03} request={}", ids[i])),
+            "log of request {} lacks its revision: {log}",
+            ids[i]
+        );
+    }
+    // The database agrees: every request complete exactly once, one successful build each.
+    let mut conn = cluster.db.connect().await;
+    let rows = sqlx::query(
+        "SELECT r.id, CAST(r.complete AS SIGNED) AS complete, COUNT(b.id) AS builds \
+         FROM buildrequests r LEFT JOIN builds b ON b.buildrequestid = r.id GROUP BY r.id, r.complete",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 50);
+    for r in &rows {
+        assert_eq!(r.get::<i64, _>("complete"), 1);
+        assert_eq!(r.get::<i64, _>("builds"), 1);
+    }
+    let masters: HashSet<String> = sqlx::query("SELECT DISTINCT m.name FROM builds b JOIN masters m ON m.id = b.masterid")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>("name"))
+        .collect();
+    eprintln!("builds ran on masters {masters:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_step_halts_and_a_timed_out_step_is_killed() {
+    let builders = r#"
+[[builders]]
+name = "fails"
+workers = ["w1"]
+  [[builders.steps]]
+  name = "break"
+  command = ["sh", "-c", "echo about to fail; exit 3"]
+  [[builders.steps]]
+  name = "never"
+  command = ["sh", "-c", "echo should not run"]
+
+[[builders]]
+name = "slow"
+workers = ["w1"]
+  [[builders.steps]]
+  name = "hang"
+  command = ["sh", "-c", "sleep 60 & sleep 60"]
+  timeout = "1s"
+
+[[builders]]
+name = "quick"
+workers = ["w1"]
+  [[builders.steps]]
+  name = "ok"
+  command = ["true"]
+"#;
+    let cluster = Cluster::start("fail", ClusterSpec::new(1, 1, builders)).await;
+    let fail = cluster.force(0, "fails", "r1").await;
+    let slow = cluster.force(0, "slow", "r2").await;
+    let rows = cluster.wait_complete(0, &[fail, slow], Duration::from_secs(60)).await;
+    assert_eq!(rows[0]["results"], "failure");
+    assert_eq!(rows[1]["results"], "failure");
+
+    let b = &cluster.builds_of(0, fail).await[0];
+    let steps = cluster
+        .get(&format!("{}/api/v1/builds/{}/steps", cluster.api(0), b["id"]))
+        .await
+        .unwrap();
+    assert_eq!(steps[0]["results"], "failure");
+    assert_eq!(steps[1]["results"], "skipped");
+    assert!(cluster.step_log(0, b["id"].as_i64().unwrap(), 0).await.contains("about to fail"));
+
+    let b = &cluster.builds_of(0, slow).await[0];
+    let log = cluster.step_log(0, b["id"].as_i64().unwrap(), 0).await;
+    assert!(log.contains("timed out"), "{log}");
+
+    // The worker is free again.
+    let quick = cluster.force(0, "quick", "r3").await;
+    let rows = cluster.wait_complete(0, &[quick], Duration::from_secs(30)).await;
+    assert_eq!(rows[0]["results"], "success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_with_a_wrong_password_is_refused() {
+    let mut spec = ClusterSpec::new(1, 2, "");
+    spec.workers[1].1 = "not-the-password".into();
+    spec.builders_toml = echo_builder(&spec.worker_list());
+    let cluster = Cluster::start("badpw", spec).await;
+    let out = eventually("refusal logged", Duration::from_secs(15), || async {
+        let out = cluster.workers[1].as_ref().unwrap().output();
+        out.contains("refused").then_some(out)
+    })
+    .await;
+    assert!(out.to_lowercase().contains("wrong password"), "{out}");
+    assert!(cluster.masters[0].proc.output().contains("worker refused"));
+    let workers = cluster.get(&format!("{}/api/v1/workers", cluster.api(0))).await.unwrap();
+    let w2 = workers.as_array().unwrap().iter().find(|w| w["name"] == "w2").unwrap();
+    assert_eq!(w2["connected"], false);
+    // The good worker still builds.
+    let id = cluster.force(0, "echo", "r").await;
+    let rows = cluster.wait_complete(0, &[id], Duration::from_secs(30)).await;
+    assert_eq!(rows[0]["results"], "success");
+    assert_eq!(cluster.builds_of(0, id).await[0]["worker"], "w1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_lost_mid_build_hands_the_request_to_another() {
+    let builders = r#"
+[[builders]]
+name = "long"
+workers = ["w1", "w2"]
+  [[builders.steps]]
+  name = "work"
+  command = ["sh", "-c", "echo started on $FLOTILLA_WORKER; sleep 3; echo done"]
+"#;
+    let mut cluster = Cluster::start("lost", ClusterSpec::new(1, 2, builders)).await;
+    let id = cluster.force(0, "long", "r").await;
+    let first = eventually("build started", Duration::from_secs(20), || async {
+        cluster.builds_of(0, id).await.into_iter().next()
+    })
+    .await;
+    let worker = first["worker"].as_str().unwrap().to_owned();
+    let idx = if worker == "w1" { 0 } else { 1 };
+    cluster.workers[idx].as_mut().unwrap().kill9();
+    let rows = cluster.wait_complete(0, &[id], Duration::from_secs(60)).await;
+    assert_eq!(rows[0]["results"], "success");
+    let builds = cluster.builds_of(0, id).await;
+    assert_eq!(builds.len(), 2, "{builds:?}");
+    let ok: Vec<&Value> = builds.iter().filter(|b| b["results"] == "success").collect();
+    assert_eq!(ok.len(), 1);
+    assert_ne!(ok[0]["worker"], worker.as_str());
+    let retried: Vec<&Value> = builds.iter().filter(|b| b["results"] == "retry").collect();
+    assert_eq!(retried.len(), 1, "{builds:?}");
+}

@@ -1,0 +1,348 @@
+//! The gateway's in-memory state: live master links and worker sessions.
+//!
+//! Nothing here survives a gateway restart, and nothing needs to: masters
+//! re-attach and workers re-register. The registry is a plain mutex-protected
+//! map; every method holds the lock briefly and never across an `.await`.
+//! Work that must happen when state changes (telling a session its master is
+//! gone, waking sessions waiting for a master) goes out through channels.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use flotilla_proto::v1::{GatewayMessage, GatewayToMaster};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::routing;
+
+/// Identifies one `Attach` stream (unique for the gateway's lifetime).
+pub(crate) type LinkId = u64;
+/// Identifies one worker `Session` stream; also the `session` field on the wire.
+pub(crate) type SessionId = u64;
+
+/// Sender half of a master's outgoing stream.
+pub(crate) type MasterTx = mpsc::Sender<Result<GatewayToMaster, Status>>;
+
+/// A cheap handle on a live master link, held by the sessions routed to it.
+#[derive(Clone)]
+pub(crate) struct MasterHandle {
+    pub link: LinkId,
+    pub name: String,
+    pub master_id: i64,
+    tx: MasterTx,
+    /// Cancelled when the link is declared dead.
+    pub dead: CancellationToken,
+    /// Status ending the master's stream when the gateway cut the link.
+    final_status: Arc<Mutex<Option<Status>>>,
+}
+
+impl fmt::Display for MasterHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.name, self.master_id)
+    }
+}
+
+impl MasterHandle {
+    /// Sends to the master, waiting for room (back-pressure), unless the link
+    /// dies first. Returns false when the message could not be queued.
+    pub async fn send(&self, msg: GatewayToMaster) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.dead.cancelled() => false,
+            r = self.tx.send(Ok(msg)) => r.is_ok(),
+        }
+    }
+
+    /// The status to end the master's stream with, once the link is dead.
+    pub fn take_final_status(&self) -> Option<Status> {
+        lock(&self.final_status).take()
+    }
+}
+
+/// Something a worker session must react to, sent by the registry or a
+/// master link's reader. `link` lets a session ignore events from a master it
+/// is no longer routed to.
+#[derive(Debug)]
+pub(crate) enum SessionEvent {
+    AuthResult {
+        link: LinkId,
+        accepted: bool,
+        reason: String,
+    },
+    ToWorker {
+        link: LinkId,
+        msg: GatewayMessage,
+    },
+    MasterGone {
+        link: LinkId,
+        reason: String,
+    },
+    /// A newer session registered the same worker name.
+    Replaced,
+}
+
+struct MasterEntry {
+    handle: MasterHandle,
+    draining: bool,
+    sessions: HashSet<SessionId>,
+}
+
+struct SessionEntry {
+    name: String,
+    events: mpsc::UnboundedSender<SessionEvent>,
+    master: Option<LinkId>,
+    /// Cancelled when the session's task has finished (including telling its
+    /// master it detached).
+    done: CancellationToken,
+}
+
+#[derive(Default)]
+struct Inner {
+    masters: HashMap<LinkId, MasterEntry>,
+    sessions: HashMap<SessionId, SessionEntry>,
+    by_name: HashMap<String, SessionId>,
+    next_link: LinkId,
+    next_session: SessionId,
+}
+
+/// Shared state of one gateway.
+pub(crate) struct Registry {
+    inner: Mutex<Inner>,
+    /// Bumped whenever the set of routable masters may have changed.
+    masters_changed: watch::Sender<u64>,
+    pub gateway_id: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave these maps half-updated in a
+    // way worse than losing the gateway, so keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Registry {
+    pub fn new(gateway_id: String) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            masters_changed: watch::channel(0).0,
+            gateway_id,
+        }
+    }
+
+    fn bump(&self) {
+        self.masters_changed.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Receives a change whenever masters attach, detach or (un)drain.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.masters_changed.subscribe()
+    }
+
+    /// Registers a new master link. An older link of the same master
+    /// incarnation (same name and id) is cut: the master has reconnected.
+    pub fn attach_master(
+        &self,
+        name: String,
+        master_id: i64,
+        draining: bool,
+        tx: MasterTx,
+    ) -> MasterHandle {
+        let (handle, stale) = {
+            let mut inner = lock(&self.inner);
+            inner.next_link += 1;
+            let link = inner.next_link;
+            let stale: Vec<LinkId> = inner
+                .masters
+                .iter()
+                .filter(|(_, m)| m.handle.name == name && m.handle.master_id == master_id)
+                .map(|(l, _)| *l)
+                .collect();
+            let handle = MasterHandle {
+                link,
+                name,
+                master_id,
+                tx,
+                dead: CancellationToken::new(),
+                final_status: Arc::new(Mutex::new(None)),
+            };
+            inner.masters.insert(
+                link,
+                MasterEntry {
+                    handle: handle.clone(),
+                    draining,
+                    sessions: HashSet::new(),
+                },
+            );
+            metrics::gauge!("flotilla_gateway_connected_masters").set(inner.masters.len() as f64);
+            (handle, stale)
+        };
+        for link in stale {
+            self.detach_master(
+                link,
+                "the same master attached again",
+                Some(Status::aborted("replaced by a newer link of the same master")),
+            );
+        }
+        self.bump();
+        handle
+    }
+
+    /// Updates a master's draining flag.
+    pub fn set_draining(&self, link: LinkId, draining: bool) {
+        let changed = {
+            let mut inner = lock(&self.inner);
+            match inner.masters.get_mut(&link) {
+                Some(m) if m.draining != draining => {
+                    m.draining = draining;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            self.bump();
+        }
+    }
+
+    /// Declares a link dead: removes it, ends its stream with `status` (if
+    /// any) and tells every session routed to it. Returns false if it was
+    /// already gone.
+    pub fn detach_master(&self, link: LinkId, reason: &str, status: Option<Status>) -> bool {
+        let (entry, sessions) = {
+            let mut inner = lock(&self.inner);
+            let Some(entry) = inner.masters.remove(&link) else {
+                return false;
+            };
+            metrics::gauge!("flotilla_gateway_connected_masters").set(inner.masters.len() as f64);
+            let mut sessions = Vec::new();
+            for id in &entry.sessions {
+                if let Some(s) = inner.sessions.get_mut(id) {
+                    if s.master == Some(link) {
+                        s.master = None;
+                    }
+                    sessions.push(s.events.clone());
+                }
+            }
+            (entry, sessions)
+        };
+        *lock(&entry.handle.final_status) = status;
+        entry.handle.dead.cancel();
+        for events in sessions {
+            let _ = events.send(SessionEvent::MasterGone {
+                link,
+                reason: reason.to_owned(),
+            });
+        }
+        self.bump();
+        true
+    }
+
+    /// The master a worker of this name should go to now, if any is routable.
+    pub fn route(&self, worker: &str) -> Option<MasterHandle> {
+        let inner = lock(&self.inner);
+        routing::pick(
+            worker,
+            inner
+                .masters
+                .values()
+                .filter(|m| !m.draining)
+                .map(|m| (m.handle.name.as_str(), m.handle.master_id, &m.handle)),
+        )
+        .cloned()
+    }
+
+    /// Adds a session for worker `name`. If the name already has a session,
+    /// that one is told it was replaced, and its `done` token is returned so
+    /// the new session can let it finish detaching first.
+    pub fn new_session(
+        &self,
+        name: &str,
+        events: mpsc::UnboundedSender<SessionEvent>,
+    ) -> (SessionId, Option<CancellationToken>) {
+        let mut inner = lock(&self.inner);
+        inner.next_session += 1;
+        let id = inner.next_session;
+        inner.sessions.insert(
+            id,
+            SessionEntry {
+                name: name.to_owned(),
+                events,
+                master: None,
+                done: CancellationToken::new(),
+            },
+        );
+        let previous = inner.by_name.insert(name.to_owned(), id).and_then(|old| {
+            let old = inner.sessions.get(&old)?;
+            let _ = old.events.send(SessionEvent::Replaced);
+            Some(old.done.clone())
+        });
+        metrics::gauge!("flotilla_gateway_connected_workers").set(inner.sessions.len() as f64);
+        (id, previous)
+    }
+
+    /// Routes `session` to `link`. False if the link has died meanwhile.
+    pub fn assign(&self, session: SessionId, link: LinkId) -> bool {
+        let mut inner = lock(&self.inner);
+        if !inner.masters.contains_key(&link) {
+            return false;
+        }
+        let Some(s) = inner.sessions.get_mut(&session) else {
+            return false;
+        };
+        let previous = s.master.replace(link);
+        if let Some(prev) = previous.filter(|p| *p != link)
+            && let Some(m) = inner.masters.get_mut(&prev)
+        {
+            m.sessions.remove(&session);
+        }
+        if let Some(m) = inner.masters.get_mut(&link) {
+            m.sessions.insert(session);
+        }
+        true
+    }
+
+    /// Un-routes `session` (e.g. after its master failed to answer in time).
+    pub fn unassign(&self, session: SessionId) {
+        let mut inner = lock(&self.inner);
+        let Some(prev) = inner.sessions.get_mut(&session).and_then(|s| s.master.take()) else {
+            return;
+        };
+        if let Some(m) = inner.masters.get_mut(&prev) {
+            m.sessions.remove(&session);
+        }
+    }
+
+    /// Delivers an event from master `link` to `session`, but only if the
+    /// session is routed to that master. Returns false otherwise.
+    pub fn deliver(&self, link: LinkId, session: SessionId, event: SessionEvent) -> bool {
+        let inner = lock(&self.inner);
+        match inner.sessions.get(&session) {
+            Some(s) if s.master == Some(link) => s.events.send(event).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Forgets a finished session and marks it done.
+    pub fn remove_session(&self, session: SessionId) {
+        let mut inner = lock(&self.inner);
+        let Some(entry) = inner.sessions.remove(&session) else {
+            return;
+        };
+        if inner.by_name.get(&entry.name) == Some(&session) {
+            inner.by_name.remove(&entry.name);
+        }
+        if let Some(m) = entry.master.and_then(|l| inner.masters.get_mut(&l)) {
+            m.sessions.remove(&session);
+        }
+        metrics::gauge!("flotilla_gateway_connected_workers").set(inner.sessions.len() as f64);
+        entry.done.cancel();
+    }
+
+    /// Number of live master links, and how many of them are routable.
+    pub fn master_counts(&self) -> (usize, usize) {
+        let inner = lock(&self.inner);
+        let routable = inner.masters.values().filter(|m| !m.draining).count();
+        (inner.masters.len(), routable)
+    }
+}

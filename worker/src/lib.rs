@@ -1,0 +1,110 @@
+//! The flotilla worker agent.
+//!
+//! A worker dials the gateway, registers (name, password, facts), and runs
+//! the commands its master sends: each in its own process group under the
+//! worker's basedir, with output streamed back in chunks and an exit report
+//! after the output. It reconnects forever with jittered exponential
+//! backoff; whenever a connection ends, the commands it started are killed
+//! first.
+
+mod backoff;
+mod command;
+mod connection;
+mod error;
+mod options;
+mod outbox;
+mod process_group;
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tracing::{error, info, warn};
+
+pub use error::WorkerError;
+pub use options::WorkerOptions;
+
+use backoff::Backoff;
+use connection::Outcome;
+
+/// Largest chunk of command output sent in one message.
+pub const OUTPUT_CHUNK_BYTES: usize = command::CHUNK_BYTES;
+
+/// Runs the worker until `shutdown` is cancelled, reconnecting forever.
+///
+/// Returns `Ok(())` on shutdown, after killing running commands; an error
+/// only for configuration that can never work (bad URL, empty name,
+/// uncreatable basedir).
+pub async fn run(opts: WorkerOptions, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    if opts.name.is_empty() {
+        return Err(WorkerError::EmptyName);
+    }
+    let endpoint = endpoint(&opts.gateway)?;
+    tokio::fs::create_dir_all(&opts.basedir)
+        .await
+        .map_err(|source| WorkerError::Basedir {
+            path: opts.basedir.clone(),
+            source,
+        })?;
+    info!(worker = %opts.name, gateway = %opts.gateway, basedir = %opts.basedir.display(), "worker starting");
+
+    let mut backoff = Backoff::new(opts.max_backoff);
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let delay = match connection::run_once(&opts, &endpoint, &shutdown).await {
+            Outcome::Shutdown => break,
+            Outcome::Reconnect { registered, reason } => {
+                info!(worker = %opts.name, %reason, "gateway asked to reconnect");
+                if registered {
+                    backoff.reset();
+                    // Immediately, with a little jitter so a master handing
+                    // back many workers does not get them all in one instant.
+                    Duration::from_millis(rand::rng().random_range(0..50))
+                } else {
+                    backoff.next_delay()
+                }
+            }
+            Outcome::Refused(reason) => {
+                let delay = backoff.next_delay();
+                error!(worker = %opts.name, %reason, retry_in = ?delay, "worker refused by the cluster");
+                delay
+            }
+            Outcome::Lost { registered, error } => {
+                if registered {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                warn!(worker = %opts.name, %error, retry_in = ?delay, "not connected to the gateway");
+                delay
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    info!(worker = %opts.name, "worker stopped");
+    Ok(())
+}
+
+fn endpoint(url: &str) -> Result<Endpoint, WorkerError> {
+    let invalid = |source| WorkerError::InvalidGatewayUrl {
+        url: url.to_owned(),
+        source,
+    };
+    if url.starts_with("https://") {
+        return Err(WorkerError::TlsNotBuiltIn {
+            url: url.to_owned(),
+        });
+    }
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(invalid)?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true))
+}
