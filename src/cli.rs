@@ -15,7 +15,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 )]
 pub struct Cli {
     /// Master HTTP API used by client commands.
-    #[arg(long, global = true, env = "FLOTILLA_API", default_value = "http://127.0.0.1:8010")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_API",
+        default_value = "http://127.0.0.1:8010"
+    )]
     pub api: String,
     /// Log as JSON lines.
     #[arg(long, global = true, env = "FLOTILLA_LOG_JSON")]

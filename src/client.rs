@@ -16,12 +16,13 @@ pub enum ClientError {
     Decode(String),
 }
 
-
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::Unreachable(m) => write!(f, "API unreachable: {m}"),
-            ClientError::Unauthorized(m) => write!(f, "refused by the API (admin token missing or wrong): {m}"),
+            ClientError::Unauthorized(m) => {
+                write!(f, "refused by the API (admin token missing or wrong): {m}")
+            }
             ClientError::Status(code, m) => write!(f, "API answered {code}: {m}"),
             ClientError::Decode(m) => write!(f, "unexpected answer from the API: {m}"),
         }
@@ -51,7 +52,9 @@ const ATTEMPTS: u32 = 4;
 
 impl ApiClient {
     pub fn new(base: &str) -> ApiClient {
-        let token = std::env::var("FLOTILLA_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+        let token = std::env::var("FLOTILLA_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(30))
@@ -70,10 +73,16 @@ impl ApiClient {
 
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
         let resp = self.execute(|| self.http.get(self.url(path))).await?;
-        resp.text().await.map_err(|e| ClientError::Decode(e.to_string()))
+        resp.text()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         self.send(|| {
             let mut req = self.http.post(self.url(path)).json(body);
             if let Some(t) = &self.token {
@@ -88,14 +97,23 @@ impl ApiClient {
         format!("{}{}", self.base, path)
     }
 
-    async fn send<T: DeserializeOwned>(&self, make: impl Fn() -> reqwest::RequestBuilder) -> Result<T, ClientError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let resp = self.execute(make).await?;
-        let text = resp.text().await.map_err(|e| ClientError::Decode(e.to_string()))?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
         serde_json::from_str(&text).map_err(|e| ClientError::Decode(format!("{e}: {text}")))
     }
 
     /// Sends with retries while the API cannot be reached; maps error statuses.
-    async fn execute(&self, make: impl Fn() -> reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+    async fn execute(
+        &self,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
         let mut delay = Duration::from_millis(200);
         let mut attempt = 0;
         loop {

@@ -14,7 +14,10 @@ use clap::Parser;
 fn main() {
     let cli = cli::Cli::parse();
     telemetry::init(cli.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("flotilla: cannot start the async runtime: {e}");

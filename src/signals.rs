@@ -26,7 +26,9 @@ impl Signals {
                 }
                 seen += 1;
                 if seen == 1 {
-                    tracing::info!("shutting down gracefully (send the signal again to stop at once)");
+                    tracing::info!(
+                        "shutting down gracefully (send the signal again to stop at once)"
+                    );
                     tokens.graceful.cancel();
                 } else {
                     tracing::warn!("second signal: stopping at once");

@@ -37,12 +37,22 @@ async fn fifty_builds_on_two_masters_and_three_workers_each_complete_once() {
         // Submit through both masters.
         ids.push(cluster.force(i % 2, "echo", &format!("rev{i:03}")).await);
     }
-    let rows = cluster.wait_complete(0, &ids, Duration::from_secs(120)).await;
+    let rows = cluster
+        .wait_complete(0, &ids, Duration::from_secs(120))
+        .await;
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["results"], "success", "request {}: {row}", ids[i]);
         let builds = cluster.builds_of(0, ids[i]).await;
-        assert_eq!(builds.len(), 1, "request {} has {} builds", ids[i], builds.len());
-        let log = cluster.step_log(0, builds[0]["id"].as_i64().unwrap(), 0).await;
+        assert_eq!(
+            builds.len(),
+            1,
+            "request {} has {} builds",
+            ids[i],
+            builds.len()
+        );
+        let log = cluster
+            .step_log(0, builds[0]["id"].as_i64().unwrap(), 0)
+            .await;
         assert!(
             log.contains(&format!("revision=rev{i:03} request={}", ids[i])),
             "log of request {} lacks its revision: {log}",
@@ -63,13 +73,14 @@ async fn fifty_builds_on_two_masters_and_three_workers_each_complete_once() {
         assert_eq!(r.get::<i64, _>("complete"), 1);
         assert_eq!(r.get::<i64, _>("builds"), 1);
     }
-    let masters: HashSet<String> = sqlx::query("SELECT DISTINCT m.name FROM builds b JOIN masters m ON m.id = b.masterid")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<String, _>("name"))
-        .collect();
+    let masters: HashSet<String> =
+        sqlx::query("SELECT DISTINCT m.name FROM builds b JOIN masters m ON m.id = b.masterid")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>("name"))
+            .collect();
     eprintln!("builds ran on masters {masters:?}");
 }
 
@@ -104,18 +115,29 @@ workers = ["w1"]
     let cluster = Cluster::start("fail", ClusterSpec::new(1, 1, builders)).await;
     let fail = cluster.force(0, "fails", "r1").await;
     let slow = cluster.force(0, "slow", "r2").await;
-    let rows = cluster.wait_complete(0, &[fail, slow], Duration::from_secs(60)).await;
+    let rows = cluster
+        .wait_complete(0, &[fail, slow], Duration::from_secs(60))
+        .await;
     assert_eq!(rows[0]["results"], "failure");
     assert_eq!(rows[1]["results"], "failure");
 
     let b = &cluster.builds_of(0, fail).await[0];
     let steps = cluster
-        .get(&format!("{}/api/v1/builds/{}/steps", cluster.api(0), b["id"]))
+        .get(&format!(
+            "{}/api/v1/builds/{}/steps",
+            cluster.api(0),
+            b["id"]
+        ))
         .await
         .unwrap();
     assert_eq!(steps[0]["results"], "failure");
     assert_eq!(steps[1]["results"], "skipped");
-    assert!(cluster.step_log(0, b["id"].as_i64().unwrap(), 0).await.contains("about to fail"));
+    assert!(
+        cluster
+            .step_log(0, b["id"].as_i64().unwrap(), 0)
+            .await
+            .contains("about to fail")
+    );
 
     let b = &cluster.builds_of(0, slow).await[0];
     let log = cluster.step_log(0, b["id"].as_i64().unwrap(), 0).await;
@@ -123,7 +145,9 @@ workers = ["w1"]
 
     // The worker is free again.
     let quick = cluster.force(0, "quick", "r3").await;
-    let rows = cluster.wait_complete(0, &[quick], Duration::from_secs(30)).await;
+    let rows = cluster
+        .wait_complete(0, &[quick], Duration::from_secs(30))
+        .await;
     assert_eq!(rows[0]["results"], "success");
 }
 
@@ -140,12 +164,22 @@ async fn a_worker_with_a_wrong_password_is_refused() {
     .await;
     assert!(out.to_lowercase().contains("wrong password"), "{out}");
     assert!(cluster.masters[0].proc.output().contains("worker refused"));
-    let workers = cluster.get(&format!("{}/api/v1/workers", cluster.api(0))).await.unwrap();
-    let w2 = workers.as_array().unwrap().iter().find(|w| w["name"] == "w2").unwrap();
+    let workers = cluster
+        .get(&format!("{}/api/v1/workers", cluster.api(0)))
+        .await
+        .unwrap();
+    let w2 = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "w2")
+        .unwrap();
     assert_eq!(w2["connected"], false);
     // The good worker still builds.
     let id = cluster.force(0, "echo", "r").await;
-    let rows = cluster.wait_complete(0, &[id], Duration::from_secs(30)).await;
+    let rows = cluster
+        .wait_complete(0, &[id], Duration::from_secs(30))
+        .await;
     assert_eq!(rows[0]["results"], "success");
     assert_eq!(cluster.builds_of(0, id).await[0]["worker"], "w1");
 }
@@ -169,13 +203,52 @@ workers = ["w1", "w2"]
     let worker = first["worker"].as_str().unwrap().to_owned();
     let idx = if worker == "w1" { 0 } else { 1 };
     cluster.workers[idx].as_mut().unwrap().kill9();
-    let rows = cluster.wait_complete(0, &[id], Duration::from_secs(60)).await;
+    let rows = cluster
+        .wait_complete(0, &[id], Duration::from_secs(60))
+        .await;
     assert_eq!(rows[0]["results"], "success");
     let builds = cluster.builds_of(0, id).await;
     assert_eq!(builds.len(), 2, "{builds:?}");
-    let ok: Vec<&Value> = builds.iter().filter(|b| b["results"] == "success").collect();
+    let ok: Vec<&Value> = builds
+        .iter()
+        .filter(|b| b["results"] == "success")
+        .collect();
     assert_eq!(ok.len(), 1);
     assert_ne!(ok[0]["worker"], worker.as_str());
     let retried: Vec<&Value> = builds.iter().filter(|b| b["results"] == "retry").collect();
     assert_eq!(retried.len(), 1, "{builds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_line_of_many_megabytes_is_stored_in_chunks() {
+    let builders = r#"
+[[builders]]
+name = "big"
+workers = ["w1"]
+  [[builders.steps]]
+  name = "flood"
+  command = ["sh", "-c", "head -c 24000000 /dev/zero | tr '\\0' 'x'; echo; echo tail-marker"]
+"#;
+    let cluster = Cluster::start("biglog", ClusterSpec::new(1, 1, builders)).await;
+    let id = cluster.force(0, "big", "r").await;
+    let rows = cluster
+        .wait_complete(0, &[id], Duration::from_secs(120))
+        .await;
+    assert_eq!(rows[0]["results"], "success");
+    let build = cluster.builds_of(0, id).await[0]["id"].as_i64().unwrap();
+    let log = cluster.step_log(0, build, 0).await;
+    assert!(log.len() > 24_000_000, "log is {} bytes", log.len());
+    assert!(log.contains("tail-marker"));
+    let mut conn = cluster.db.connect().await;
+    let chunks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM logchunks")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(chunks >= 24_000_000 / (128 * 1024), "{chunks} chunks");
+    let largest: i64 =
+        sqlx::query_scalar("SELECT CAST(MAX(LENGTH(content)) AS SIGNED) FROM logchunks")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(largest <= 128 * 1024, "a chunk of {largest} bytes");
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 use common::{Cluster, ClusterSpec, TestDb, flotilla_bin, free_port};
 
 fn flotilla(args: &[&str]) -> Output {
-    Command::new(flotilla_bin()).args(args).output().expect("run flotilla")
+    Command::new(flotilla_bin())
+        .args(args)
+        .output()
+        .expect("run flotilla")
 }
 
 fn stderr(o: &Output) -> String {
@@ -21,7 +24,20 @@ fn help_describes_every_command() {
     let o = flotilla(&["--help"]);
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
-    for cmd in ["quickstart", "db", "master", "gateway", "worker", "sendchange", "force", "try", "status", "drain", "undrain", "janitor"] {
+    for cmd in [
+        "quickstart",
+        "db",
+        "master",
+        "gateway",
+        "worker",
+        "sendchange",
+        "force",
+        "try",
+        "status",
+        "drain",
+        "undrain",
+        "janitor",
+    ] {
         assert!(text.contains(cmd), "--help lacks {cmd}");
     }
     assert_eq!(flotilla(&["frobnicate"]).status.code(), Some(2));
@@ -31,9 +47,18 @@ fn help_describes_every_command() {
 async fn db_upgrade_is_idempotent_and_status_reports() {
     let db = TestDb::create("cli_db").await;
     let o = flotilla(&["db", "status", "--database-url", &db.url]);
-    assert_eq!(o.status.code(), Some(1), "fresh database is not current: {}", stderr(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "fresh database is not current: {}",
+        stderr(&o)
+    );
     assert!(String::from_utf8_lossy(&o.stdout).contains("flotilla db upgrade"));
-    assert!(flotilla(&["db", "upgrade", "--database-url", &db.url]).status.success());
+    assert!(
+        flotilla(&["db", "upgrade", "--database-url", &db.url])
+            .status
+            .success()
+    );
     let again = flotilla(&["db", "upgrade", "--database-url", &db.url]);
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"));
@@ -48,7 +73,13 @@ async fn a_master_refuses_a_schema_that_is_not_current() {
     let config = dir.path().join("cluster.toml");
     std::fs::write(&config, format!("[database]\nurl = \"{}\"\n", db.url)).unwrap();
     let port = free_port().to_string();
-    let o = flotilla(&["master", "--config", config.to_str().unwrap(), "--http", &format!("127.0.0.1:{port}")]);
+    let o = flotilla(&[
+        "master",
+        "--config",
+        config.to_str().unwrap(),
+        "--http",
+        &format!("127.0.0.1:{port}"),
+    ]);
     assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
     assert!(stderr(&o).contains("flotilla db upgrade"), "{}", stderr(&o));
 }
@@ -57,21 +88,38 @@ async fn a_master_refuses_a_schema_that_is_not_current() {
 fn bad_configuration_names_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cluster.toml");
-    std::fs::write(&config, "[database]\nurl = \"sqlite://x.sqlite\"\n\n[cluster]\nheartbeat = \"5s\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[database]\nurl = \"sqlite://x.sqlite\"\n\n[cluster]\nheartbeat = \"5s\"\n",
+    )
+    .unwrap();
     let o = flotilla(&["db", "status", "--config", config.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(78));
     let e = stderr(&o);
-    assert!(e.contains("heartbeat") && e.contains("line 5") && e.contains("cluster.toml"), "{e}");
+    assert!(
+        e.contains("heartbeat") && e.contains("line 5") && e.contains("cluster.toml"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unreachable_or_unknown_databases_give_one_clear_line() {
-    let o = flotilla(&["db", "status", "--database-url", "mysql://root@127.0.0.1:1/nothing"]);
+    let o = flotilla(&[
+        "db",
+        "status",
+        "--database-url",
+        "mysql://root@127.0.0.1:1/nothing",
+    ]);
     assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
     assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
     let o = flotilla(&["db", "status", "--database-url", "oracle://db/x"]);
     assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
-    let o = flotilla(&["db", "status", "--database-url", "mysql://nobody:wrong@127.0.0.1:3306/test"]);
+    let o = flotilla(&[
+        "db",
+        "status",
+        "--database-url",
+        "mysql://nobody:wrong@127.0.0.1:3306/test",
+    ]);
     assert!(matches!(o.status.code(), Some(69 | 78)), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"));
 }
@@ -100,15 +148,25 @@ workers = ["w1"]
         full.extend_from_slice(args);
         flotilla(&full)
     };
-    let o = run(&["force", "echo", "--revision", "abc", "--property", "flavour=mint", "--wait"]);
+    let o = run(&[
+        "force",
+        "echo",
+        "--revision",
+        "abc",
+        "--property",
+        "flavour=mint",
+        "--wait",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("success"), "{}", stderr(&o));
 
     let o = run(&["force", "echo", "--json"]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json prints JSON only");
-    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["buildset_id", "buildrequest_ids"]);
+    assert_eq!(v.as_object().unwrap().len(), 2);
+    assert!(v["buildset_id"].is_i64() && v["buildrequest_ids"][0].is_i64());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with("{\"buildset_id\": "), "{text}");
 
     let o = run(&["force", "no-such-builder"]);
     assert_eq!(o.status.code(), Some(1));
@@ -116,7 +174,11 @@ workers = ["w1"]
 
     let o = run(&["force", "broken", "--wait"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("the failing line"), "failing step's log tail: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the failing line"),
+        "failing step's log tail: {}",
+        stderr(&o)
+    );
 
     let o = run(&["status", "builders", "--json"]);
     assert!(o.status.success());
@@ -125,7 +187,15 @@ workers = ["w1"]
     let o = run(&["status", "masters"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("m1"));
 
-    let o = run(&["sendchange", "--repository", "r", "--branch", "main", "--revision", "x1"]);
+    let o = run(&[
+        "sendchange",
+        "--repository",
+        "r",
+        "--branch",
+        "main",
+        "--revision",
+        "x1",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
 
     let o = run(&["drain", "m1"]);
@@ -134,7 +204,11 @@ workers = ["w1"]
     assert!(o.status.success());
     assert_eq!(run(&["drain", "no-such-master"]).status.code(), Some(1));
 
-    let o = flotilla(&["--api", &format!("http://127.0.0.1:{}", free_port()), "status"]);
+    let o = flotilla(&[
+        "--api",
+        &format!("http://127.0.0.1:{}", free_port()),
+        "status",
+    ]);
     assert_eq!(o.status.code(), Some(69));
 }
 
@@ -145,7 +219,16 @@ fn quickstart_runs_its_sample_build_to_success() {
     let http = format!("127.0.0.1:{}", free_port());
     let gateway = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(flotilla_bin())
-        .args(["quickstart", "--once", "--dir", qs.to_str().unwrap(), "--http", &http, "--gateway", &gateway])
+        .args([
+            "quickstart",
+            "--once",
+            "--dir",
+            qs.to_str().unwrap(),
+            "--http",
+            &http,
+            "--gateway",
+            &gateway,
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -162,7 +245,11 @@ fn quickstart_runs_its_sample_build_to_success() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(status.success(), "{text}");
     assert!(text.contains("sample build succeeded"), "{text}");
     assert!(qs.join("cluster.toml").exists());

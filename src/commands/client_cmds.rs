@@ -35,7 +35,10 @@ pub async fn sendchange(api: &ApiClient, a: SendchangeArgs) -> i32 {
     match api.post::<_, Value>("/api/v1/changes", &body).await {
         Ok(v) => {
             let id = v.get("change_id").cloned().unwrap_or(Value::Null);
-            let buildsets = v.get("buildsets").and_then(Value::as_array).map_or(0, Vec::len);
+            let buildsets = v
+                .get("buildsets")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             println!("change {id} submitted; {buildsets} buildset(s) created now");
             exit::OK
         }
@@ -58,13 +61,28 @@ pub async fn force(api: &ApiClient, a: ForceArgs) -> i32 {
         Err(e) => return e.report(),
     };
     if a.json {
+        // Written by hand to keep the key order of the contract.
+        let ids: Vec<String> = created
+            .buildrequest_ids
+            .iter()
+            .map(i64::to_string)
+            .collect();
         println!(
-            "{}",
-            json!({"buildset_id": created.buildset_id, "buildrequest_ids": created.buildrequest_ids})
+            "{{\"buildset_id\": {}, \"buildrequest_ids\": [{}]}}",
+            created.buildset_id,
+            ids.join(", ")
         );
     } else {
-        let ids: Vec<String> = created.buildrequest_ids.iter().map(i64::to_string).collect();
-        println!("buildset {} with build request(s) {}", created.buildset_id, ids.join(", "));
+        let ids: Vec<String> = created
+            .buildrequest_ids
+            .iter()
+            .map(i64::to_string)
+            .collect();
+        println!(
+            "buildset {} with build request(s) {}",
+            created.buildset_id,
+            ids.join(", ")
+        );
     }
     if a.wait {
         wait::for_requests(api, &created.buildrequest_ids, !a.json).await
@@ -75,7 +93,10 @@ pub async fn force(api: &ApiClient, a: ForceArgs) -> i32 {
 
 pub async fn drain(api: &ApiClient, name: &str, drain: bool) -> i32 {
     let verb = if drain { "drain" } else { "undrain" };
-    match api.post::<_, Value>(&format!("/api/v1/masters/{name}/{verb}"), &json!({})).await {
+    match api
+        .post::<_, Value>(&format!("/api/v1/masters/{name}/{verb}"), &json!({}))
+        .await
+    {
         Ok(v) => {
             let n = v.get("masters").and_then(Value::as_u64).unwrap_or(0);
             println!("{verb}: {n} master(s) named {name}");
@@ -87,17 +108,42 @@ pub async fn drain(api: &ApiClient, name: &str, drain: bool) -> i32 {
 
 pub async fn status(api: &ApiClient, a: StatusArgs) -> i32 {
     let (path, columns): (&str, &[&str]) = match a.what {
-        StatusWhat::Masters => ("/api/v1/masters", &["id", "name", "active", "draining", "last_active"]),
-        StatusWhat::Builders => ("/api/v1/builders", &["name", "pending", "running", "workers"]),
+        StatusWhat::Masters => (
+            "/api/v1/masters",
+            &["id", "name", "active", "draining", "last_active"],
+        ),
+        StatusWhat::Builders => (
+            "/api/v1/builders",
+            &["name", "pending", "running", "workers"],
+        ),
         StatusWhat::Requests => (
             "/api/v1/buildrequests?complete=false",
-            &["id", "builder", "priority", "submitted_at", "claimed_by_master", "complete", "results"],
+            &[
+                "id",
+                "builder",
+                "priority",
+                "submitted_at",
+                "claimed_by_master",
+                "complete",
+                "results",
+            ],
         ),
         StatusWhat::Builds => (
             "/api/v1/builds?limit=50",
-            &["id", "builder", "number", "worker", "master", "started_at", "results"],
+            &[
+                "id",
+                "builder",
+                "number",
+                "worker",
+                "master",
+                "started_at",
+                "results",
+            ],
         ),
-        StatusWhat::Workers => ("/api/v1/workers", &["name", "connected", "master", "idle", "builders"]),
+        StatusWhat::Workers => (
+            "/api/v1/workers",
+            &["name", "connected", "master", "idle", "builders"],
+        ),
     };
     let rows: Value = match api.get(path).await {
         Ok(v) => v,
@@ -107,7 +153,10 @@ pub async fn status(api: &ApiClient, a: StatusArgs) -> i32 {
         println!("{rows}");
         return exit::OK;
     }
-    print_table(columns, rows.as_array().map(Vec::as_slice).unwrap_or_default());
+    print_table(
+        columns,
+        rows.as_array().map(Vec::as_slice).unwrap_or_default(),
+    );
     exit::OK
 }
 
@@ -115,7 +164,11 @@ fn cell(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => "-".to_owned(),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) => a.iter().map(|x| cell(Some(x))).collect::<Vec<_>>().join(","),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| cell(Some(x)))
+            .collect::<Vec<_>>()
+            .join(","),
         Some(other) => other.to_string(),
     }
 }
@@ -128,7 +181,14 @@ fn print_table(columns: &[&str], rows: &[Value]) {
     let widths: Vec<usize> = columns
         .iter()
         .enumerate()
-        .map(|(i, c)| cells.iter().map(|r| r[i].len()).chain([c.len()]).max().unwrap_or(0))
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |vals: Vec<String>| {
         let parts: Vec<String> = vals

@@ -70,8 +70,13 @@ async fn status(a: DatabaseArgs) -> i32 {
     };
     let code = match store.schema_status().await {
         Ok(s) => {
-            let current = s.current.map_or_else(|| "none".to_owned(), |v| v.to_string());
-            println!("schema version: {current} (this binary knows up to {})", s.latest);
+            let current = s
+                .current
+                .map_or_else(|| "none".to_owned(), |v| v.to_string());
+            println!(
+                "schema version: {current} (this binary knows up to {})",
+                s.latest
+            );
             if s.newer_than_binary {
                 println!("the database is NEWER than this binary: upgrade flotilla");
                 exit::FAILED

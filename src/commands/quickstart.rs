@@ -88,7 +88,10 @@ pub async fn run(a: QuickstartArgs) -> i32 {
             .take(24)
             .map(char::from)
             .collect();
-        if let Err(e) = std::fs::write(&config_path, sample_config(&dir, &a.http, &a.gateway, &password)) {
+        if let Err(e) = std::fs::write(
+            &config_path,
+            sample_config(&dir, &a.http, &a.gateway, &password),
+        ) {
             eprintln!("flotilla: cannot write {}: {e}", config_path.display());
             return exit::FAILED;
         }
@@ -108,20 +111,30 @@ pub async fn run(a: QuickstartArgs) -> i32 {
     run_cluster(&a, &dir, config, &signals).await
 }
 
-async fn run_cluster(a: &QuickstartArgs, dir: &Path, config: ClusterConfig, signals: &Signals) -> i32 {
+async fn run_cluster(
+    a: &QuickstartArgs,
+    dir: &Path,
+    config: ClusterConfig,
+    signals: &Signals,
+) -> i32 {
     let store = match super::db::connect(&config.database.url).await {
         Ok(s) => s,
         Err(code) => return code,
     };
     match store.upgrade().await {
-        Ok(applied) if !applied.is_empty() => println!("database schema created ({} migrations)", applied.len()),
+        Ok(applied) if !applied.is_empty() => {
+            println!("database schema created ({} migrations)", applied.len())
+        }
         Ok(_) => {}
         Err(e) => return exit::db_error("cannot create the schema", &e),
     }
     let http = match tokio::net::TcpListener::bind(&config.api.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("flotilla: cannot listen on {}: {e} (is another quickstart running?)", config.api.listen);
+            eprintln!(
+                "flotilla: cannot listen on {}: {e} (is another quickstart running?)",
+                config.api.listen
+            );
             return exit::FAILED;
         }
     };
@@ -137,7 +150,10 @@ async fn run_cluster(a: &QuickstartArgs, dir: &Path, config: ClusterConfig, sign
         Err(code) => return code,
     };
     let Some(worker_cfg) = config.worker(WORKER).cloned() else {
-        eprintln!("flotilla: {}: no [[workers]] entry named {WORKER:?}", dir.join("cluster.toml").display());
+        eprintln!(
+            "flotilla: {}: no [[workers]] entry named {WORKER:?}",
+            dir.join("cluster.toml").display()
+        );
         return exit::CONFIG;
     };
     let password = match worker_cfg.resolve_password() {
@@ -152,7 +168,11 @@ async fn run_cluster(a: &QuickstartArgs, dir: &Path, config: ClusterConfig, sign
 
     // The gateway and worker outlive the master's shutdown so builds can finish.
     let gw_stop = CancellationToken::new();
-    let gateway = tokio::spawn(flotilla_gateway::serve(gw_listener, gw_opts, gw_stop.clone()));
+    let gateway = tokio::spawn(flotilla_gateway::serve(
+        gw_listener,
+        gw_opts,
+        gw_stop.clone(),
+    ));
     let master_shutdown = Shutdown {
         graceful: signals.graceful.child_token(),
         immediate: signals.immediate.child_token(),
@@ -182,7 +202,10 @@ async fn run_cluster(a: &QuickstartArgs, dir: &Path, config: ClusterConfig, sign
     let body = json!({"builder": SAMPLE_BUILDER, "reason": "quickstart sample build", "revision": "sample"});
     let sample = match api.post::<_, BuildsetCreated>("/api/v1/force", &body).await {
         Ok(created) => {
-            println!("forced a sample build of {SAMPLE_BUILDER:?}: build request(s) {:?}", created.buildrequest_ids);
+            println!(
+                "forced a sample build of {SAMPLE_BUILDER:?}: build request(s) {:?}",
+                created.buildrequest_ids
+            );
             wait::for_requests(&api, &created.buildrequest_ids, true).await
         }
         Err(e) => e.report(),

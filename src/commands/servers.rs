@@ -100,7 +100,9 @@ pub async fn gateway(a: GatewayArgs) -> i32 {
     }
 }
 
-pub fn gateway_options(config: &flotilla_master::config::ClusterConfig) -> Result<flotilla_gateway::GatewayOptions, i32> {
+pub fn gateway_options(
+    config: &flotilla_master::config::ClusterConfig,
+) -> Result<flotilla_gateway::GatewayOptions, i32> {
     let mut opts = flotilla_gateway::GatewayOptions {
         default_silence_timeout: config.cluster.master_timeout.get() / 2,
         ..Default::default()
@@ -114,7 +116,9 @@ pub fn gateway_options(config: &flotilla_master::config::ClusterConfig) -> Resul
         }
         (None, None) => {}
         _ => {
-            eprintln!("flotilla: bad configuration: key `gateway.tls_cert`: tls_cert and tls_key go together");
+            eprintln!(
+                "flotilla: bad configuration: key `gateway.tls_cert`: tls_cert and tls_key go together"
+            );
             return Err(exit::CONFIG);
         }
     }
@@ -133,7 +137,10 @@ pub async fn worker(a: WorkerArgs) -> i32 {
         (None, Some(path)) => match std::fs::read_to_string(path) {
             Ok(p) => p.trim_end_matches(['\n', '\r']).to_owned(),
             Err(e) => {
-                eprintln!("flotilla: cannot read --password-file {}: {e}", path.display());
+                eprintln!(
+                    "flotilla: cannot read --password-file {}: {e}",
+                    path.display()
+                );
                 return exit::CONFIG;
             }
         },

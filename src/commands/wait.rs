@@ -50,7 +50,10 @@ pub async fn for_requests(api: &ApiClient, ids: &[i64], progress: bool) -> i32 {
                 Ok(r) => r,
                 Err(e) => return e.report(),
             };
-            let builds: Vec<Build> = match api.get(&format!("/api/v1/builds?buildrequest_id={id}&limit=1")).await {
+            let builds: Vec<Build> = match api
+                .get(&format!("/api/v1/builds?buildrequest_id={id}&limit=1"))
+                .await
+            {
                 Ok(b) => b,
                 Err(e) => return e.report(),
             };
@@ -128,12 +131,17 @@ async fn print_failure_tail(api: &ApiClient, build: &Build) {
         .get(&format!("/api/v1/builds/{}/steps", build.id))
         .await
         .unwrap_or_default();
-    let failing = steps
-        .iter()
-        .rev()
-        .find(|s| s.results.as_deref().is_some_and(|r| !is_good(r) && r != "skipped"));
+    let failing = steps.iter().rev().find(|s| {
+        s.results
+            .as_deref()
+            .is_some_and(|r| !is_good(r) && r != "skipped")
+    });
     let Some(step) = failing else {
-        eprintln!("build #{} ended {}", build.number, build.results.as_deref().unwrap_or("-"));
+        eprintln!(
+            "build #{} ended {}",
+            build.number,
+            build.results.as_deref().unwrap_or("-")
+        );
         return;
     };
     let path = format!("/api/v1/builds/{}/steps/{}/log", build.id, step.number);

@@ -86,7 +86,9 @@ impl ClusterSpec {
     pub fn new(masters: usize, workers: usize, builders_toml: &str) -> ClusterSpec {
         ClusterSpec {
             masters,
-            workers: (1..=workers).map(|i| (format!("w{i}"), format!("w{i}-secret"))).collect(),
+            workers: (1..=workers)
+                .map(|i| (format!("w{i}"), format!("w{i}-secret")))
+                .collect(),
             builders_toml: builders_toml.to_owned(),
             heartbeat_interval: "500ms",
             master_timeout: "4s",
@@ -95,7 +97,11 @@ impl ClusterSpec {
 
     /// All workers of the spec, for a builder's `workers = [...]`.
     pub fn worker_list(&self) -> String {
-        let names: Vec<String> = self.workers.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        let names: Vec<String> = self
+            .workers
+            .iter()
+            .map(|(n, _)| format!("\"{n}\""))
+            .collect();
         format!("[{}]", names.join(", "))
     }
 }
@@ -132,7 +138,9 @@ impl Cluster {
             db.url, spec.heartbeat_interval, spec.master_timeout
         );
         for (name, _) in &spec.workers {
-            toml.push_str(&format!("[[workers]]\nname = \"{name}\"\npassword = \"{name}-secret\"\n\n"));
+            toml.push_str(&format!(
+                "[[workers]]\nname = \"{name}\"\npassword = \"{name}-secret\"\n\n"
+            ));
         }
         toml.push_str(&spec.builders_toml);
         let config = dir.path().join("cluster.toml");
@@ -158,6 +166,9 @@ impl Cluster {
         for i in 0..spec.masters {
             c.start_master(&format!("m{}", i + 1));
         }
+        // Workers register once every master is linked to the gateway, so
+        // rendezvous routing spreads them over all masters.
+        c.wait_linked().await;
         for i in 0..spec.workers.len() {
             let p = c.spawn_worker(i);
             c.workers.push(Some(p));
@@ -248,20 +259,42 @@ impl Cluster {
         resp.text().await.ok()
     }
 
+    /// Waits until every master has a link to the gateway.
+    pub async fn wait_linked(&self) {
+        for i in 0..self.masters.len() {
+            let url = format!("{}/readyz", self.api(i));
+            eventually(
+                &format!("master {i} linked to the gateway"),
+                Duration::from_secs(30),
+                || async {
+                    self.get(&url)
+                        .await
+                        .filter(|v| v["gateway_links"].as_u64() >= Some(1))
+                        .map(|_| ())
+                },
+            )
+            .await;
+        }
+    }
+
     /// Waits until every master is ready and every worker whose password is
     /// right is attached to some master.
     pub async fn wait_ready(&self) {
         for i in 0..self.masters.len() {
             let url = format!("{}/readyz", self.api(i));
-            eventually(&format!("master {i} ready"), Duration::from_secs(30), || async {
-                self.http
-                    .get(&url)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ())
-            })
+            eventually(
+                &format!("master {i} ready"),
+                Duration::from_secs(30),
+                || async {
+                    self.http
+                        .get(&url)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| ())
+                },
+            )
             .await;
         }
         let good = self
@@ -280,8 +313,13 @@ impl Cluster {
     pub async fn connected_workers(&self) -> usize {
         let mut n = 0;
         for i in 0..self.masters.len() {
-            if let Some(Value::Array(ws)) = self.get(&format!("{}/api/v1/workers", self.api(i))).await {
-                n += ws.iter().filter(|w| w["connected"] == Value::Bool(true)).count();
+            if let Some(Value::Array(ws)) =
+                self.get(&format!("{}/api/v1/workers", self.api(i))).await
+            {
+                n += ws
+                    .iter()
+                    .filter(|w| w["connected"] == Value::Bool(true))
+                    .count();
             }
         }
         n
@@ -309,7 +347,9 @@ impl Cluster {
         for id in ids {
             let url = format!("{}/api/v1/buildrequests/{id}", self.api(m));
             let row = eventually(&format!("request {id} complete"), timeout, || async {
-                self.get(&url).await.filter(|r| r["complete"] == Value::Bool(true))
+                self.get(&url)
+                    .await
+                    .filter(|r| r["complete"] == Value::Bool(true))
             })
             .await;
             rows.push(row);
@@ -319,7 +359,10 @@ impl Cluster {
 
     pub async fn builds_of(&self, m: usize, request: i64) -> Vec<Value> {
         match self
-            .get(&format!("{}/api/v1/builds?buildrequest_id={request}", self.api(m)))
+            .get(&format!(
+                "{}/api/v1/builds?buildrequest_id={request}",
+                self.api(m)
+            ))
             .await
         {
             Some(Value::Array(a)) => a,
@@ -328,9 +371,12 @@ impl Cluster {
     }
 
     pub async fn step_log(&self, m: usize, build: i64, step: i64) -> String {
-        self.get_text(&format!("{}/api/v1/builds/{build}/steps/{step}/log", self.api(m)))
-            .await
-            .unwrap_or_default()
+        self.get_text(&format!(
+            "{}/api/v1/builds/{build}/steps/{step}/log",
+            self.api(m)
+        ))
+        .await
+        .unwrap_or_default()
     }
 
     /// Every process's output, for a failing test.

@@ -4,7 +4,8 @@ use sqlx::Connection;
 use sqlx::mysql::MySqlConnection;
 
 pub fn server_url() -> String {
-    std::env::var("FLOTILLA_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+    std::env::var("FLOTILLA_TEST_MYSQL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
 }
 
 #[derive(Debug)]
@@ -31,13 +32,18 @@ impl TestDb {
     }
 
     pub async fn connect(&self) -> MySqlConnection {
-        MySqlConnection::connect(&self.url).await.expect("connect to the test database")
+        MySqlConnection::connect(&self.url)
+            .await
+            .expect("connect to the test database")
     }
 }
 
 fn rand_suffix() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     format!("{nanos:x}{n}")
@@ -48,13 +54,19 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs inside the test's runtime; use a thread with its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
-                    if let Ok(mut conn) = MySqlConnection::connect(&format!("{}/", server_url())).await {
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
-                            .execute(&mut conn)
-                            .await;
+                    if let Ok(mut conn) =
+                        MySqlConnection::connect(&format!("{}/", server_url())).await
+                    {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS `{name}`"
+                        )))
+                        .execute(&mut conn)
+                        .await;
                     }
                 });
             }

@@ -90,7 +90,9 @@ pub async fn serve(
     let stop = shutdown.clone();
     let signal = async move {
         stop.cancelled().await;
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         health
             .set_not_serving::<WorkerGatewayServer<WorkerGatewayService>>()
             .await;

@@ -47,7 +47,9 @@ impl MasterLink for MasterLinkService {
         let mut inbound = request.into_inner();
         let hello = first_hello(&mut inbound, self.opts.auth_timeout).await?;
         if hello.name.is_empty() {
-            return Err(Status::invalid_argument("MasterHello.name must not be empty"));
+            return Err(Status::invalid_argument(
+                "MasterHello.name must not be empty",
+            ));
         }
         let silence = match hello.silence_timeout_ms {
             0 => self.opts.default_silence_timeout,
@@ -62,9 +64,9 @@ impl MasterLink for MasterLinkService {
         };
         tx.try_send(Ok(greeting))
             .map_err(|_| Status::internal("fresh master queue is full"))?;
-        let handle = self
-            .registry
-            .attach_master(hello.name.clone(), hello.master_id, hello.draining, tx);
+        let handle =
+            self.registry
+                .attach_master(hello.name.clone(), hello.master_id, hello.draining, tx);
         info!(
             master = %handle,
             ?peer,

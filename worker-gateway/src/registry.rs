@@ -55,6 +55,16 @@ impl MasterHandle {
         }
     }
 
+    /// Waits for room in the master's queue (cancel-safe: nothing is lost
+    /// if the wait is abandoned). `None` once the link is dead.
+    pub async fn reserve(&self) -> Option<mpsc::Permit<'_, Result<GatewayToMaster, Status>>> {
+        tokio::select! {
+            biased;
+            _ = self.dead.cancelled() => None,
+            permit = self.tx.reserve() => permit.ok(),
+        }
+    }
+
     /// The status to end the master's stream with, once the link is dead.
     pub fn take_final_status(&self) -> Option<Status> {
         lock(&self.final_status).take()
@@ -63,8 +73,7 @@ impl MasterHandle {
 
 /// Something a worker session must react to, sent by the registry or a
 /// master link's reader. `link` lets a session ignore events from a master it
-/// is no longer routed to.
-#[derive(Debug)]
+/// is no longer routed to. (No `Debug`: commands may carry secrets in env.)
 pub(crate) enum SessionEvent {
     AuthResult {
         link: LinkId,
@@ -81,6 +90,18 @@ pub(crate) enum SessionEvent {
     },
     /// A newer session registered the same worker name.
     Replaced,
+}
+
+impl SessionEvent {
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::AuthResult { .. } => "AuthResult",
+            Self::ToWorker { .. } => "ToWorker",
+            Self::MasterGone { .. } => "MasterGone",
+            Self::Replaced => "Replaced",
+        }
+    }
 }
 
 struct MasterEntry {
@@ -181,7 +202,9 @@ impl Registry {
             self.detach_master(
                 link,
                 "the same master attached again",
-                Some(Status::aborted("replaced by a newer link of the same master")),
+                Some(Status::aborted(
+                    "replaced by a newer link of the same master",
+                )),
             );
         }
         self.bump();
@@ -305,7 +328,11 @@ impl Registry {
     /// Un-routes `session` (e.g. after its master failed to answer in time).
     pub fn unassign(&self, session: SessionId) {
         let mut inner = lock(&self.inner);
-        let Some(prev) = inner.sessions.get_mut(&session).and_then(|s| s.master.take()) else {
+        let Some(prev) = inner
+            .sessions
+            .get_mut(&session)
+            .and_then(|s| s.master.take())
+        else {
             return;
         };
         if let Some(m) = inner.masters.get_mut(&prev) {

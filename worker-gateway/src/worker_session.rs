@@ -17,8 +17,8 @@ use flotilla_proto::v1::gateway_to_master::Msg as ToMaster;
 use flotilla_proto::v1::worker_gateway_server::WorkerGateway;
 use flotilla_proto::v1::worker_message::Msg as FromWorkerMsg;
 use flotilla_proto::v1::{
-    AuthRequest, FromWorker, GatewayMessage, GatewayToMaster, Interrupt, Reconnect, Register,
-    Registered, Refused, WorkerDetached, WorkerMessage,
+    AuthRequest, FromWorker, GatewayMessage, GatewayToMaster, Interrupt, Reconnect, Refused,
+    Register, Registered, WorkerDetached, WorkerMessage,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -339,7 +339,7 @@ impl Session {
                         Some(SessionEvent::Replaced) | None => {
                             return Err(Finish::reconnect("replaced by a newer session of the same worker", Some(master)));
                         }
-                        Some(other) => debug!(worker = %self.name(), ?other, "ignoring stale event"),
+                        Some(other) => debug!(worker = %self.name(), event = other.kind(), "ignoring stale event"),
                     },
                     _ = &mut deadline => {
                         warn!(worker = %self.name(), master = %master, timeout = ?self.opts.auth_timeout,
@@ -377,9 +377,13 @@ impl Session {
             })),
         };
         if !self.to_worker(registered).await {
-            return Finish::worker_gone("worker stream closed".to_owned(), Some(master));
+            return Finish::worker_gone("worker stream closed".to_owned(), Some(master.clone()));
         }
         info!(worker = %self.name(), session = self.id, master = %master, "worker attached");
+        // A worker message waiting for room in the master's queue. While it
+        // waits, events (an Interrupt, the master's death) are still handled
+        // and the worker is not read (back-pressure reaches its commands).
+        let mut pending: Option<GatewayToMaster> = None;
         loop {
             tokio::select! {
                 ev = self.events.recv() => match ev {
@@ -393,11 +397,11 @@ impl Session {
                             _ => None,
                         };
                         if !self.to_worker(msg).await {
-                            return Finish::worker_gone("worker stream closed".to_owned(), Some(master));
+                            return Finish::worker_gone("worker stream closed".to_owned(), Some(master.clone()));
                         }
                         if let Some(reason) = reconnect {
                             return Finish {
-                                detach: Some((master, format!("handed back by master: {reason}"))),
+                                detach: Some((master.clone(), format!("handed back by master: {reason}"))),
                                 why: format!("master asked the worker to reconnect: {reason}"),
                                 ..Finish::default()
                             };
@@ -407,16 +411,22 @@ impl Session {
                         return self.master_gone(&master, &reason);
                     }
                     Some(SessionEvent::Replaced) | None => {
-                        return Finish::reconnect("replaced by a newer session of the same worker", Some(master));
+                        return Finish::reconnect("replaced by a newer session of the same worker", Some(master.clone()));
                     }
-                    Some(other) => debug!(worker = %self.name(), ?other, "ignoring stale event"),
+                    Some(other) => debug!(worker = %self.name(), event = other.kind(), "ignoring stale event"),
                 },
-                msg = self.inbound.message() => match msg {
+                permit = master.reserve(), if pending.is_some() => {
+                    // Without a permit the link is dead; its MasterGone event follows.
+                    if let (Some(permit), Some(msg)) = (permit, pending.take()) {
+                        permit.send(Ok(msg));
+                    }
+                }
+                msg = self.inbound.message(), if pending.is_none() => match msg {
                     Ok(Some(WorkerMessage { msg: None })) => {
-                        return Finish::invalid("malformed WorkerMessage (no message set)", Some(master));
+                        return Finish::invalid("malformed WorkerMessage (no message set)", Some(master.clone()));
                     }
                     Ok(Some(WorkerMessage { msg: Some(FromWorkerMsg::Register(_)) })) => {
-                        return Finish::invalid("Register sent twice on one session", Some(master));
+                        return Finish::invalid("Register sent twice on one session", Some(master.clone()));
                     }
                     Ok(Some(msg)) => {
                         if let Some(FromWorkerMsg::Exit(exit)) = &msg.msg {
@@ -424,21 +434,19 @@ impl Session {
                         }
                         metrics::counter!("flotilla_gateway_routed_messages_total", "direction" => "to_master")
                             .increment(1);
-                        let forward = GatewayToMaster {
+                        pending = Some(GatewayToMaster {
                             msg: Some(ToMaster::FromWorker(FromWorker { session: self.id, msg: Some(msg) })),
-                        };
-                        // On failure the link is dead; its MasterGone event follows.
-                        let _ = master.send(forward).await;
+                        });
                     }
                     Ok(None) => {
-                        return Finish::worker_gone("worker closed the stream".to_owned(), Some(master));
+                        return Finish::worker_gone("worker closed the stream".to_owned(), Some(master.clone()));
                     }
                     Err(status) => {
-                        return Finish::worker_gone(format!("worker stream failed: {}", status.message()), Some(master));
+                        return Finish::worker_gone(format!("worker stream failed: {}", status.message()), Some(master.clone()));
                     }
                 },
                 _ = self.shutdown.cancelled() => {
-                    return Finish::reconnect("gateway shutting down", Some(master));
+                    return Finish::reconnect("gateway shutting down", Some(master.clone()));
                 }
             }
         }

@@ -47,7 +47,12 @@ pub(crate) enum StopReason {
 pub(crate) type StopSignal = watch::Receiver<Option<StopReason>>;
 
 /// Runs `cmd` to completion and reports its output and exit through `out`.
-pub(crate) async fn run_command(cmd: RunCommand, basedir: &Path, out: Outbox, mut stop: StopSignal) {
+pub(crate) async fn run_command(
+    cmd: RunCommand,
+    basedir: &Path,
+    out: Outbox,
+    mut stop: StopSignal,
+) {
     let id = cmd.command_id;
     let started = Instant::now();
     let exit = match execute(&cmd, basedir, &out, &mut stop).await {
@@ -119,10 +124,22 @@ async fn execute(
     let progress = Arc::new(AtomicU64::new(0));
     let mut pumps = Vec::with_capacity(2);
     if let Some(stdout) = child.stdout.take() {
-        pumps.push(tokio::spawn(pump(id, OutputStream::Stdout, stdout, out.clone(), progress.clone())));
+        pumps.push(tokio::spawn(pump(
+            id,
+            OutputStream::Stdout,
+            stdout,
+            out.clone(),
+            progress.clone(),
+        )));
     }
     if let Some(stderr) = child.stderr.take() {
-        pumps.push(tokio::spawn(pump(id, OutputStream::Stderr, stderr, out.clone(), progress.clone())));
+        pumps.push(tokio::spawn(pump(
+            id,
+            OutputStream::Stderr,
+            stderr,
+            out.clone(),
+            progress.clone(),
+        )));
     }
 
     let timeout = (cmd.timeout_ms > 0).then(|| Duration::from_millis(cmd.timeout_ms));
@@ -304,7 +321,10 @@ async fn terminate(child: &mut Child, group: &ProcessGroup) -> std::io::Result<E
             break;
         }
         if Instant::now() >= deadline {
-            debug!(pgid = group.id(), "process group survived SIGTERM; sending SIGKILL");
+            debug!(
+                pgid = group.id(),
+                "process group survived SIGTERM; sending SIGKILL"
+            );
             group.signal(Signal::SIGKILL);
             break;
         }
@@ -354,7 +374,7 @@ fn human(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms}ms")
-    } else if ms % 1000 != 0 && ms < 60_000 {
+    } else if !ms.is_multiple_of(1000) && ms < 60_000 {
         format!("{:.1}s", d.as_secs_f64())
     } else if ms < 60_000 {
         format!("{}s", ms / 1000)
@@ -377,7 +397,10 @@ mod tests {
     #[test]
     fn relative_paths_are_checked() {
         assert_eq!(checked_relative("a/b", "x").unwrap(), PathBuf::from("a/b"));
-        assert_eq!(checked_relative("./a/./b", "x").unwrap(), PathBuf::from("a/b"));
+        assert_eq!(
+            checked_relative("./a/./b", "x").unwrap(),
+            PathBuf::from("a/b")
+        );
         assert_eq!(checked_relative("", "x").unwrap(), PathBuf::new());
         assert!(checked_relative("/etc", "x").is_err());
         assert!(checked_relative("a/../../b", "x").is_err());
@@ -511,7 +534,10 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(3));
         assert!(r.exit.timed_out);
         assert_eq!(r.exit.signal, Some(15));
-        assert!(r.text(OutputStream::Header).contains("timed out after 300ms"));
+        assert!(
+            r.text(OutputStream::Header)
+                .contains("timed out after 300ms")
+        );
         let pgid: u32 = r.text(OutputStream::Stdout).trim().parse().unwrap();
         let mut group = ProcessGroup::led_by(pgid).unwrap();
         group.disarm();
@@ -526,7 +552,13 @@ mod tests {
         let (stop_tx, stop) = watch::channel(None);
         let base = dir.path().to_owned();
         tokio::spawn(async move {
-            run_command(sh("trap '' TERM; echo ready; while :; do sleep 0.05; done"), &base, out, stop).await
+            run_command(
+                sh("trap '' TERM; echo ready; while :; do sleep 0.05; done"),
+                &base,
+                out,
+                stop,
+            )
+            .await
         });
         // Wait for the trap to be installed.
         loop {
@@ -557,6 +589,10 @@ mod tests {
         let t = Instant::now();
         let msg = rx.recv().await.unwrap();
         assert!(matches!(msg.msg, Some(Msg::Output(ref o)) if o.data == b"hi\n"));
-        assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }

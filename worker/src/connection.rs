@@ -53,7 +53,10 @@ impl Commands {
     fn start(&mut self, cmd: RunCommand) {
         let id = cmd.command_id;
         if self.running.contains_key(&id) {
-            warn!(command = id, "ignoring RunCommand for a command id already running");
+            warn!(
+                command = id,
+                "ignoring RunCommand for a command id already running"
+            );
             return;
         }
         info!(command = id, argv = ?cmd.argv, workdir = %cmd.workdir, "starting command");
@@ -88,7 +91,11 @@ impl Commands {
     /// still-open connection, then closes it and waits for them all.
     async fn stop_all(mut self, why: &str, closed: &CancellationToken) {
         if !self.running.is_empty() {
-            info!(commands = self.running.len(), reason = why, "killing running commands");
+            info!(
+                commands = self.running.len(),
+                reason = why,
+                "killing running commands"
+            );
         }
         for stop in self.running.values() {
             stop.send_replace(Some(StopReason::Disconnected(why.to_owned())));
@@ -227,7 +234,9 @@ pub(crate) async fn run_once(
     };
     let why = match &outcome {
         Outcome::Shutdown => "worker shutting down".to_owned(),
-        Outcome::Reconnect { reason, .. } => format!("gateway asked the worker to reconnect ({reason})"),
+        Outcome::Reconnect { reason, .. } => {
+            format!("gateway asked the worker to reconnect ({reason})")
+        }
         Outcome::Refused(reason) => format!("worker refused ({reason})"),
         Outcome::Lost { error, .. } => format!("connection to the gateway lost ({error})"),
     };

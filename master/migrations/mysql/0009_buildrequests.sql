@@ -17,7 +17,7 @@ CREATE TABLE buildrequests (
     KEY buildrequests_pick_any (complete, claimed_by_masterid, priority DESC, submitted_at, id),
     KEY buildrequests_claimed (claimed_by_masterid, complete),
     KEY buildrequests_lease (complete, claimed_at),
-    KEY buildrequests_buildset (buildsetid),
+    KEY buildrequests_buildset (buildsetid, complete),
     KEY buildrequests_builder (builderid, complete),
     CONSTRAINT buildrequests_buildset FOREIGN KEY (buildsetid) REFERENCES buildsets (id) ON DELETE CASCADE,
     CONSTRAINT buildrequests_builder FOREIGN KEY (builderid) REFERENCES builders (id)

@@ -17,5 +17,5 @@ CREATE INDEX buildrequests_pick ON buildrequests (complete, claimed_by_masterid,
 CREATE INDEX buildrequests_pick_any ON buildrequests (complete, claimed_by_masterid, priority DESC, submitted_at, id);
 CREATE INDEX buildrequests_claimed ON buildrequests (claimed_by_masterid, complete);
 CREATE INDEX buildrequests_lease ON buildrequests (complete, claimed_at);
-CREATE INDEX buildrequests_buildset ON buildrequests (buildsetid);
+CREATE INDEX buildrequests_buildset ON buildrequests (buildsetid, complete);
 CREATE INDEX buildrequests_builder ON buildrequests (builderid, complete);

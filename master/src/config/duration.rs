@@ -37,9 +37,9 @@ impl std::str::FromStr for Dur {
         if t == "0" {
             return Ok(Dur(Duration::ZERO));
         }
-        humantime::parse_duration(t)
-            .map(Dur)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. \"500ms\", \"30s\", \"10m\""))
+        humantime::parse_duration(t).map(Dur).map_err(|e| {
+            format!("invalid duration {s:?} ({e}); write e.g. \"500ms\", \"30s\", \"10m\"")
+        })
     }
 }
 

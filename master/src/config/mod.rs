@@ -88,7 +88,10 @@ impl ClusterConfig {
         };
         let t = &self.cluster;
         if t.heartbeat_interval.get().is_zero() {
-            return Err(invalid("cluster.heartbeat_interval".into(), "must be more than 0".into()));
+            return Err(invalid(
+                "cluster.heartbeat_interval".into(),
+                "must be more than 0".into(),
+            ));
         }
         if t.master_timeout.get() < t.heartbeat_interval.get() * 2 {
             return Err(invalid(
@@ -117,56 +120,87 @@ impl ClusterConfig {
         let mut seen = std::collections::HashSet::new();
         for (i, w) in self.workers.iter().enumerate() {
             if w.name.trim().is_empty() {
-                return Err(invalid(format!("workers[{i}].name"), "must not be empty".into()));
+                return Err(invalid(
+                    format!("workers[{i}].name"),
+                    "must not be empty".into(),
+                ));
             }
             if !seen.insert(w.name.as_str()) {
-                return Err(invalid(format!("workers[{i}].name"), format!("worker {:?} is defined twice", w.name)));
+                return Err(invalid(
+                    format!("workers[{i}].name"),
+                    format!("worker {:?} is defined twice", w.name),
+                ));
             }
             if w.password.is_some() == w.password_env.is_some() {
                 return Err(invalid(
                     format!("workers[{i}]"),
-                    format!("worker {:?} needs exactly one of `password` or `password_env`", w.name),
+                    format!(
+                        "worker {:?} needs exactly one of `password` or `password_env`",
+                        w.name
+                    ),
                 ));
             }
         }
         let mut builders = std::collections::HashSet::new();
         for (i, b) in self.builders.iter().enumerate() {
             if b.name.trim().is_empty() {
-                return Err(invalid(format!("builders[{i}].name"), "must not be empty".into()));
+                return Err(invalid(
+                    format!("builders[{i}].name"),
+                    "must not be empty".into(),
+                ));
             }
             if !builders.insert(b.name.as_str()) {
-                return Err(invalid(format!("builders[{i}].name"), format!("builder {:?} is defined twice", b.name)));
+                return Err(invalid(
+                    format!("builders[{i}].name"),
+                    format!("builder {:?} is defined twice", b.name),
+                ));
             }
             for w in &b.workers {
                 if !seen.contains(w.as_str()) {
                     return Err(invalid(
                         format!("builders[{i}].workers"),
-                        format!("builder {:?} names worker {w:?}, which no [[workers]] entry defines", b.name),
+                        format!(
+                            "builder {:?} names worker {w:?}, which no [[workers]] entry defines",
+                            b.name
+                        ),
                     ));
                 }
             }
             for (j, s) in b.steps.iter().enumerate() {
                 if s.command.is_empty() {
-                    return Err(invalid(format!("builders[{i}].steps[{j}].command"), "must not be empty".into()));
+                    return Err(invalid(
+                        format!("builders[{i}].steps[{j}].command"),
+                        "must not be empty".into(),
+                    ));
                 }
             }
         }
         let mut schedulers = std::collections::HashSet::new();
         for (i, s) in self.schedulers.iter().enumerate() {
             if !schedulers.insert(s.name.as_str()) {
-                return Err(invalid(format!("schedulers[{i}].name"), format!("scheduler {:?} is defined twice", s.name)));
+                return Err(invalid(
+                    format!("schedulers[{i}].name"),
+                    format!("scheduler {:?} is defined twice", s.name),
+                ));
             }
             if !SCHEDULER_KINDS.contains(&s.kind.as_str()) {
                 return Err(invalid(
                     format!("schedulers[{i}].kind"),
-                    format!("unknown kind {:?}; expected one of {}", s.kind, SCHEDULER_KINDS.join(", ")),
+                    format!(
+                        "unknown kind {:?}; expected one of {}",
+                        s.kind,
+                        SCHEDULER_KINDS.join(", ")
+                    ),
                 ));
             }
             for b in &s.builders {
                 if !builders.contains(b.as_str()) {
                     return Err(invalid(
                         format!("schedulers[{i}].builders"),
-                        format!("scheduler {:?} names builder {b:?}, which no [[builders]] entry defines", s.name),
+                        format!(
+                            "scheduler {:?} names builder {b:?}, which no [[builders]] entry defines",
+                            s.name
+                        ),
                     ));
                 }
             }
@@ -252,32 +286,39 @@ fn apply_overrides(
             }
         }
     }
-    toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| {
-        let message = one_line(&e.to_string());
-        let var = overrides
-            .iter()
-            .find(|(_, key, _, _)| message.contains(&format!("`{key}`")))
-            .map(|o| o.3.clone())
-            .unwrap_or_else(|| {
-                overrides
-                    .iter()
-                    .map(|o| o.3.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            });
-        ConfigError::Env {
-            path: path.to_owned(),
-            var,
-            message,
-        }
-    })
+    toml::Value::Table(doc)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            let message = one_line(&e.to_string());
+            let var = overrides
+                .iter()
+                .find(|(_, key, _, _)| message.contains(&format!("`{key}`")))
+                .map(|o| o.3.clone())
+                .unwrap_or_else(|| {
+                    overrides
+                        .iter()
+                        .map(|o| o.3.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
+            ConfigError::Env {
+                path: path.to_owned(),
+                var,
+                message,
+            }
+        })
 }
 
 /// TOML errors span several lines (with a caret under the column); keep them on one.
 fn one_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && *l != "|" && !l.starts_with('^') && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
+        .filter(|l| {
+            !l.is_empty()
+                && *l != "|"
+                && !l.starts_with('^')
+                && !l.chars().all(|c| c == '|' || c == '^' || c == ' ')
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }

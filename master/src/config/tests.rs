@@ -45,12 +45,18 @@ fn loads_the_sample_of_the_contract() {
     assert_eq!(c.cluster.claim_lease, Dur::secs(1800));
     assert_eq!(c.builders[0].steps[0].timeout, Some(Dur::secs(600)));
     assert!(c.builders[0].steps[0].halt_on_failure);
-    assert_eq!(c.gateway.master_urls(), vec!["http://127.0.0.1:9989".to_string()]);
+    assert_eq!(
+        c.gateway.master_urls(),
+        vec!["http://127.0.0.1:9989".to_string()]
+    );
 }
 
 #[test]
 fn an_unknown_key_is_named_with_its_line() {
-    let text = SAMPLE.replace("master_timeout = \"5s\"", "master_timeout = \"5s\"\nmaster_timout = \"5s\"");
+    let text = SAMPLE.replace(
+        "master_timeout = \"5s\"",
+        "master_timeout = \"5s\"\nmaster_timout = \"5s\"",
+    );
     let err = load(&text, &[]).unwrap_err().to_string();
     assert!(err.contains("master_timout"), "{err}");
     assert!(err.contains("line 8"), "{err}");
@@ -86,7 +92,10 @@ fn a_bad_environment_override_names_the_variable() {
 fn a_builder_naming_an_unknown_worker_is_refused() {
     let text = SAMPLE.replace("workers = [\"w1\"]", "workers = [\"w9\"]");
     let err = load(&text, &[]).unwrap_err().to_string();
-    assert!(err.contains("builders[0].workers") && err.contains("w9"), "{err}");
+    assert!(
+        err.contains("builders[0].workers") && err.contains("w9"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -106,5 +115,10 @@ fn an_unknown_scheduler_kind_is_refused() {
 #[test]
 fn a_worker_needs_one_password_source() {
     let text = SAMPLE.replace("password = \"pw\"", "");
-    assert!(load(&text, &[]).unwrap_err().to_string().contains("workers[0]"));
+    assert!(
+        load(&text, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("workers[0]")
+    );
 }

@@ -1,22 +1,228 @@
 //! Builds and steps. Starting and finishing a build are fenced on the
-//! request's claim: a master that lost the claim cannot record an outcome.
+//! request's claim: a master that lost the claim can neither start a build
+//! for it nor record its outcome.
 
-use super::{BuildRow, DbError, MasterId, Results, Store};
+use std::collections::BTreeSet;
+
+use sqlx::AssertSqlSafe;
+
+use super::claims::{finish_buildsets, lock_open_buildsets};
+use super::error::is_unique_violation;
+use super::rows::{DbRow, InsertId};
+use super::{BeginWrite, BuildRow, DbError, MasterId, Results, Store};
+
+/// Attempts at picking the next build number when another master takes the
+/// same number for the same builder at the same moment.
+const BUILD_NUMBER_ATTEMPTS: usize = 20;
 
 impl Store {
-    pub async fn start_build(&self, me: MasterId, request_id: i64, builder_id: i64, worker_id: i64) -> Result<Option<BuildRow>, DbError> {
-        unimplemented!()
+    /// Record a new build of `request_id` if `me` still holds its claim;
+    /// `None` means the claim is lost. Numbers are per builder, max + 1.
+    pub async fn start_build(
+        &self,
+        me: MasterId,
+        request_id: i64,
+        builder_id: i64,
+        worker_id: i64,
+    ) -> Result<Option<BuildRow>, DbError> {
+        with_pool_retry!(self, |pool, d| {
+            let mut tx = pool.begin_write().await?;
+            let sql = format!(
+                "SELECT id FROM buildrequests \
+                 WHERE id = ? AND claimed_by_masterid = ? AND complete = 0{}",
+                d.for_update()
+            );
+            let held: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+                .bind(request_id)
+                .bind(me)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if held.is_none() {
+                return Ok(None);
+            }
+            let insert = format!(
+                "INSERT INTO builds \
+                 (number, builderid, buildrequestid, masterid, workerid, started_at, state_string) \
+                 SELECT COALESCE(MAX(number), 0) + 1, ?, ?, ?, ?, {}, 'starting' \
+                 FROM builds WHERE builderid = ?",
+                d.now()
+            );
+            let mut attempt = 0;
+            let id = loop {
+                attempt += 1;
+                let r = sqlx::query(AssertSqlSafe(insert.clone()))
+                    .bind(builder_id)
+                    .bind(request_id)
+                    .bind(me)
+                    .bind(worker_id)
+                    .bind(builder_id)
+                    .execute(&mut *tx)
+                    .await;
+                match r {
+                    Ok(r) => break r.insert_id(),
+                    Err(e) if is_unique_violation(&e) && attempt < BUILD_NUMBER_ATTEMPTS => {
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            let row = sqlx::query("SELECT number, started_at FROM builds WHERE id = ?")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let build = BuildRow {
+                id,
+                number: row.i64("number")?,
+                builder_id,
+                request_id,
+                master_id: me,
+                worker_id,
+                started_at: row.time("started_at")?,
+            };
+            tx.commit().await?;
+            Ok(Some(build))
+        })
     }
-    pub async fn finish_build(&self, me: MasterId, build_id: i64, request_id: i64, results: Results, complete_request: bool) -> Result<bool, DbError> {
-        unimplemented!()
+
+    /// Finish a build in one transaction. With `complete_request`, complete
+    /// the request too (fenced); without, give the request back to the queue.
+    /// Returns `false` when `me` no longer holds the claim: the build is then
+    /// recorded as Retry and the request is left alone.
+    pub async fn finish_build(
+        &self,
+        me: MasterId,
+        build_id: i64,
+        request_id: i64,
+        results: Results,
+        complete_request: bool,
+    ) -> Result<bool, DbError> {
+        with_pool_retry!(self, |pool, d| {
+            let mut tx = pool.begin_write().await?;
+            let sql = format!(
+                "SELECT buildsetid FROM buildrequests \
+                 WHERE id = ? AND claimed_by_masterid = ? AND complete = 0{}",
+                d.for_update()
+            );
+            let held: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+                .bind(request_id)
+                .bind(me)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let build_results = match held {
+                None => Results::Retry,
+                Some(bs) if complete_request => {
+                    let open = lock_open_buildsets!(tx, d, BTreeSet::from([bs]));
+                    let sql = format!(
+                        "UPDATE buildrequests SET complete = 1, results = ?, complete_at = {} \
+                         WHERE id = ? AND claimed_by_masterid = ? AND complete = 0",
+                        d.now()
+                    );
+                    sqlx::query(AssertSqlSafe(sql))
+                        .bind(results.as_i64())
+                        .bind(request_id)
+                        .bind(me)
+                        .execute(&mut *tx)
+                        .await?;
+                    finish_buildsets!(tx, d, open);
+                    results
+                }
+                Some(_) => {
+                    sqlx::query(
+                        "UPDATE buildrequests SET claimed_by_masterid = NULL, claimed_at = NULL \
+                         WHERE id = ? AND claimed_by_masterid = ? AND complete = 0",
+                    )
+                    .bind(request_id)
+                    .bind(me)
+                    .execute(&mut *tx)
+                    .await?;
+                    results
+                }
+            };
+            let sql = format!(
+                "UPDATE builds SET complete_at = COALESCE(complete_at, {}), results = ? \
+                 WHERE id = ? AND masterid = ?",
+                d.now()
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(build_results.as_i64())
+                .bind(build_id)
+                .bind(me)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(held.is_some())
+        })
     }
+
+    /// Add step `number` (from 0) of a build, not started yet. Adding the
+    /// same number again returns the existing step.
     pub async fn add_step(&self, build_id: i64, number: i32, name: &str) -> Result<i64, DbError> {
-        unimplemented!()
+        with_pool!(self, |pool, d| {
+            let sql = format!(
+                "{} INTO steps (buildid, number, name, state_string) VALUES (?, ?, ?, '')",
+                d.insert_ignore()
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(build_id)
+                .bind(number)
+                .bind(name)
+                .execute(pool)
+                .await?;
+            Ok(
+                sqlx::query_scalar("SELECT id FROM steps WHERE buildid = ? AND number = ?")
+                    .bind(build_id)
+                    .bind(number)
+                    .fetch_one(pool)
+                    .await?,
+            )
+        })
     }
+
     pub async fn start_step(&self, step_id: i64) -> Result<(), DbError> {
-        unimplemented!()
+        with_pool!(self, |pool, d| {
+            let sql = format!(
+                "UPDATE steps SET started_at = {}, state_string = 'running' WHERE id = ?",
+                d.now()
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(step_id)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
     }
-    pub async fn finish_step(&self, step_id: i64, results: Results, state: &str) -> Result<(), DbError> {
-        unimplemented!()
+
+    pub async fn finish_step(
+        &self,
+        step_id: i64,
+        results: Results,
+        state: &str,
+    ) -> Result<(), DbError> {
+        with_pool!(self, |pool, d| {
+            let sql = format!(
+                "UPDATE steps SET complete_at = {now}, started_at = COALESCE(started_at, {now}), \
+                 results = ?, state_string = ? WHERE id = ?",
+                now = d.now()
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(results.as_i64())
+                .bind(state)
+                .bind(step_id)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// Set the one-line summary shown for a build (e.g. "running test").
+    pub async fn set_build_state(&self, build_id: i64, state: &str) -> Result<(), DbError> {
+        with_pool!(self, |pool, d| {
+            sqlx::query("UPDATE builds SET state_string = ? WHERE id = ?")
+                .bind(state)
+                .bind(build_id)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
     }
 }

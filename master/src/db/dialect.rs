@@ -83,11 +83,6 @@ impl Dialect {
             Dialect::Sqlite => "INSERT OR IGNORE",
         }
     }
-
-    /// Whether `UPDATE ... RETURNING` is available.
-    pub fn update_returning(self) -> bool {
-        matches!(self, Dialect::Sqlite)
-    }
 }
 
 /// `?, ?, ?` with `n` placeholders (`n` > 0).

@@ -63,6 +63,21 @@ impl DbError {
         }
     }
 
+    /// The database aborted a transaction over locks (deadlock victim, lock
+    /// wait timeout, SQLite busy): it was rolled back and may simply run again.
+    pub fn is_lock_conflict(&self) -> bool {
+        let DbError::Sqlx(sqlx::Error::Database(d)) = self else {
+            return false;
+        };
+        if let Some(code) = mysql_code(d.as_ref()) {
+            return matches!(code, mysql_codes::DEADLOCK | mysql_codes::LOCK_WAIT_TIMEOUT);
+        }
+        matches!(
+            sqlite_code(d.as_ref()),
+            Some(sqlite_codes::BUSY | sqlite_codes::LOCKED)
+        )
+    }
+
     /// Sort a connection failure into unreachable / access denied / bad URL.
     pub(crate) fn from_connect(e: sqlx::Error) -> DbError {
         match &e {

@@ -60,7 +60,10 @@ impl Store {
                 "UPDATE masters SET last_active = {} WHERE id = ? AND active = 1",
                 d.now()
             );
-            let r = sqlx::query(AssertSqlSafe(sql)).bind(me).execute(pool).await?;
+            let r = sqlx::query(AssertSqlSafe(sql))
+                .bind(me)
+                .execute(pool)
+                .await?;
             Ok(r.rows_affected() > 0)
         })
     }

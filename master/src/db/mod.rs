@@ -4,7 +4,7 @@
 //! A [`Store`] wraps a connection pool to MySQL/MariaDB or SQLite and is cheap
 //! to clone. Each query is written once: the `with_pool!` macro expands a body
 //! for both pool types, and [`dialect::Dialect`] supplies the few fragments
-//! that differ (the clock, `SKIP LOCKED`, `RETURNING`).
+//! that differ (the clock, `SKIP LOCKED`, `INSERT IGNORE`).
 //!
 //! Rules every statement here keeps:
 //! - Time is the database's clock (`NOW(6)` / `strftime(..,'now')`), never ours.
@@ -13,9 +13,10 @@
 //! - Every write about a request or build a master owns carries
 //!   `claimed_by_masterid = me` (fencing); taking over or releasing another
 //!   master's claim names both its old owner and its old `claimed_at`.
-//! - Multi-row writes on SQLite run in `BEGIN IMMEDIATE` transactions (or as
-//!   one `UPDATE ... RETURNING`) so that concurrent writers serialise up front
-//!   instead of failing on lock upgrade.
+//! - Write transactions on SQLite start with `BEGIN IMMEDIATE`, so concurrent
+//!   writers queue on the busy timeout up front instead of failing when a
+//!   read lock cannot be upgraded; on MySQL sessions run READ COMMITTED (no
+//!   gap locks) in UTC.
 //!
 //! Submodules: [`types`] (data in and out), [`error`], `dialect`, `schema`
 //! (migrations), `masters`, `claims`, `requests` (changes, buildsets),
@@ -48,6 +49,16 @@ macro_rules! with_pool {
                 $body
             }
         }
+    };
+}
+
+/// As `with_pool!` for a body that is one write transaction returning a
+/// `Result`: run it again when the database aborted it as a deadlock victim or
+/// lock-wait timeout (MySQL) or found the database busy (SQLite). Safe because
+/// such a transaction was rolled back whole.
+macro_rules! with_pool_retry {
+    ($store:expr, |$pool:ident, $d:ident| $body:expr) => {
+        $crate::db::retry_conflicts(|| async move { with_pool!($store, |$pool, $d| $body) }).await
     };
 }
 
@@ -124,6 +135,30 @@ impl BeginWrite for SqlitePool {
     }
 }
 
+/// Attempts at a write transaction that keeps losing lock conflicts.
+const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Run `f` until it succeeds, fails for another reason than a lock
+/// conflict, or has tried [`CONFLICT_ATTEMPTS`] times.
+pub(crate) async fn retry_conflicts<T, F, Fut>(mut f: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Err(e) if attempt < CONFLICT_ATTEMPTS && e.is_lock_conflict() => {
+                tracing::debug!(attempt, error = %e, "retrying transaction after lock conflict");
+                let jitter = rand::random::<u64>() % 5;
+                tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 3 + jitter)).await;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A stored time (naive, UTC by construction) as a `DateTime<Utc>`.
 pub(crate) fn utc(t: NaiveDateTime) -> DateTime<Utc> {
     t.and_utc()
@@ -142,6 +177,16 @@ impl Store {
     }
 
     pub async fn connect_with(url: &str, max_connections: u32) -> Result<Store, DbError> {
+        Self::connect_with_timeout(url, max_connections, CONNECT_TIMEOUT).await
+    }
+
+    /// As [`Store::connect_with`], giving up (`Unreachable`) after `timeout`
+    /// of retrying; the same timeout bounds waiting for a pooled connection.
+    pub async fn connect_with_timeout(
+        url: &str,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Store, DbError> {
         let max_connections = max_connections.max(1);
         if url.starts_with("mysql://") || url.starts_with("mariadb://") {
             let url = url.replacen("mariadb://", "mysql://", 1);
@@ -149,7 +194,7 @@ impl Store {
                 MySqlConnectOptions::from_str(&url).map_err(|e| DbError::BadUrl(e.to_string()))?;
             let pool = MySqlPoolOptions::new()
                 .max_connections(max_connections)
-                .acquire_timeout(CONNECT_TIMEOUT)
+                .acquire_timeout(timeout)
                 .after_connect(|conn, _meta| {
                     Box::pin(async move {
                         conn.execute("SET time_zone = '+00:00'").await?;
@@ -174,7 +219,7 @@ impl Store {
                 .foreign_keys(true)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT);
             let memory = url.contains(":memory:") || url.contains("mode=memory");
-            let mut pool_opts = SqlitePoolOptions::new().acquire_timeout(CONNECT_TIMEOUT);
+            let mut pool_opts = SqlitePoolOptions::new().acquire_timeout(timeout);
             let opts = if memory {
                 // One connection, kept forever: it *is* the database.
                 pool_opts = pool_opts

@@ -1,25 +1,194 @@
 //! Read-only listings for the HTTP API and the CLI: requests, builds, steps
-//! and per-builder queue counts, paginated.
+//! and per-builder queue counts. Lists are newest first and paginated with
+//! `limit` (`<= 0`: no limit) and `offset`.
 
-use super::{BuildFilter, BuildInfo, BuilderCounts, DbError, RequestFilter, RequestRow, StepRow, Store};
+use sqlx::AssertSqlSafe;
+
+use super::rows::DbRow;
+use super::{
+    BuildFilter, BuildInfo, BuilderCounts, DbError, RequestFilter, RequestRow, StepRow, Store,
+};
+
+const REQUEST_SELECT: &str = "SELECT br.id, br.buildsetid, b.name AS builder, br.priority, \
+     br.submitted_at, m.name AS master_name, br.claimed_by_masterid, br.claimed_at, \
+     br.complete, br.complete_at, br.results \
+     FROM buildrequests br JOIN builders b ON b.id = br.builderid \
+     LEFT JOIN masters m ON m.id = br.claimed_by_masterid";
+
+const BUILD_SELECT: &str = "SELECT bu.id, bu.number, b.name AS builder, bu.buildrequestid, \
+     COALESCE(m.name, '') AS master_name, w.name AS worker, bu.started_at, bu.complete_at, \
+     bu.results, bu.state_string \
+     FROM builds bu JOIN builders b ON b.id = bu.builderid \
+     LEFT JOIN masters m ON m.id = bu.masterid \
+     LEFT JOIN workers w ON w.id = bu.workerid";
+
+fn request_row<R: DbRow>(r: &R) -> Result<RequestRow, sqlx::Error> {
+    Ok(RequestRow {
+        id: r.i64("id")?,
+        buildset_id: r.i64("buildsetid")?,
+        builder: r.string("builder")?,
+        priority: i32::try_from(r.i64("priority")?).unwrap_or_default(),
+        submitted_at: r.time("submitted_at")?,
+        claimed_by_master: r.opt_string("master_name")?,
+        claimed_by_masterid: r.opt_i64("claimed_by_masterid")?,
+        claimed_at: r.opt_time("claimed_at")?,
+        complete: r.flag("complete")?,
+        complete_at: r.opt_time("complete_at")?,
+        results: r.results("results")?,
+    })
+}
+
+fn build_info<R: DbRow>(r: &R) -> Result<BuildInfo, sqlx::Error> {
+    Ok(BuildInfo {
+        id: r.i64("id")?,
+        number: r.i64("number")?,
+        builder: r.string("builder")?,
+        buildrequest_id: r.i64("buildrequestid")?,
+        master: r.string("master_name")?,
+        worker: r.opt_string("worker")?,
+        started_at: r.time("started_at")?,
+        complete_at: r.opt_time("complete_at")?,
+        results: r.results("results")?,
+        state_string: r.string("state_string")?,
+    })
+}
+
+fn limit_of(limit: i64) -> i64 {
+    if limit <= 0 { i64::MAX } else { limit }
+}
 
 impl Store {
     pub async fn list_requests(&self, f: &RequestFilter) -> Result<Vec<RequestRow>, DbError> {
-        unimplemented!()
+        let mut sql = format!("{REQUEST_SELECT} WHERE 1 = 1");
+        if f.complete.is_some() {
+            sql.push_str(" AND br.complete = ?");
+        }
+        if f.builder.is_some() {
+            sql.push_str(" AND b.name = ?");
+        }
+        if f.buildset_id.is_some() {
+            sql.push_str(" AND br.buildsetid = ?");
+        }
+        sql.push_str(" ORDER BY br.id DESC LIMIT ? OFFSET ?");
+        with_pool!(self, |pool, d| {
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            if let Some(c) = f.complete {
+                q = q.bind(i64::from(c));
+            }
+            if let Some(b) = &f.builder {
+                q = q.bind(b);
+            }
+            if let Some(bs) = f.buildset_id {
+                q = q.bind(bs);
+            }
+            let rows = q
+                .bind(limit_of(f.limit))
+                .bind(f.offset.max(0))
+                .fetch_all(pool)
+                .await?;
+            Ok(rows.iter().map(request_row).collect::<Result<_, _>>()?)
+        })
     }
+
     pub async fn get_request(&self, id: i64) -> Result<Option<RequestRow>, DbError> {
-        unimplemented!()
+        with_pool!(self, |pool, d| {
+            let sql = format!("{REQUEST_SELECT} WHERE br.id = ?");
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.as_ref().map(request_row).transpose()?)
+        })
     }
+
     pub async fn list_builds(&self, f: &BuildFilter) -> Result<Vec<BuildInfo>, DbError> {
-        unimplemented!()
+        let mut sql = format!("{BUILD_SELECT} WHERE 1 = 1");
+        if f.builder.is_some() {
+            sql.push_str(" AND b.name = ?");
+        }
+        if f.request_id.is_some() {
+            sql.push_str(" AND bu.buildrequestid = ?");
+        }
+        sql.push_str(" ORDER BY bu.id DESC LIMIT ? OFFSET ?");
+        with_pool!(self, |pool, d| {
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            if let Some(b) = &f.builder {
+                q = q.bind(b);
+            }
+            if let Some(r) = f.request_id {
+                q = q.bind(r);
+            }
+            let rows = q
+                .bind(limit_of(f.limit))
+                .bind(f.offset.max(0))
+                .fetch_all(pool)
+                .await?;
+            Ok(rows.iter().map(build_info).collect::<Result<_, _>>()?)
+        })
     }
+
     pub async fn get_build(&self, id: i64) -> Result<Option<BuildInfo>, DbError> {
-        unimplemented!()
+        with_pool!(self, |pool, d| {
+            let sql = format!("{BUILD_SELECT} WHERE bu.id = ?");
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.as_ref().map(build_info).transpose()?)
+        })
     }
+
+    /// Steps of a build in order (numbered from 0).
     pub async fn list_steps(&self, build_id: i64) -> Result<Vec<StepRow>, DbError> {
-        unimplemented!()
+        with_pool!(self, |pool, d| {
+            let rows = sqlx::query(
+                "SELECT number, name, started_at, complete_at, results, state_string \
+                 FROM steps WHERE buildid = ? ORDER BY number",
+            )
+            .bind(build_id)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                out.push(StepRow {
+                    number: i32::try_from(r.i64("number")?).unwrap_or_default(),
+                    name: r.string("name")?,
+                    started_at: r.opt_time("started_at")?,
+                    complete_at: r.opt_time("complete_at")?,
+                    results: r.results("results")?,
+                    state_string: r.string("state_string")?,
+                });
+            }
+            Ok(out)
+        })
     }
+
+    /// Per builder (by name): incomplete requests without a running build,
+    /// and running (incomplete) builds.
     pub async fn builder_counts(&self) -> Result<Vec<BuilderCounts>, DbError> {
-        unimplemented!()
+        with_pool!(self, |pool, d| {
+            let rows = sqlx::query(
+                "SELECT b.name, \
+                 (SELECT COUNT(*) FROM buildrequests br \
+                  WHERE br.builderid = b.id AND br.complete = 0 \
+                  AND NOT EXISTS (SELECT 1 FROM builds x \
+                                  WHERE x.buildrequestid = br.id AND x.complete_at IS NULL)) \
+                 AS pending, \
+                 (SELECT COUNT(*) FROM builds x \
+                  WHERE x.builderid = b.id AND x.complete_at IS NULL) AS running \
+                 FROM builders b ORDER BY b.name",
+            )
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                out.push(BuilderCounts {
+                    name: r.string("name")?,
+                    pending: r.i64("pending")?,
+                    running: r.i64("running")?,
+                });
+            }
+            Ok(out)
+        })
     }
 }

@@ -21,10 +21,11 @@ pub(crate) trait DbRow {
     }
 
     fn time(&self, col: &str) -> Result<DateTime<Utc>, sqlx::Error> {
-        self.opt_time(col)?.ok_or_else(|| sqlx::Error::ColumnDecode {
-            index: col.to_string(),
-            source: "unexpected NULL time".into(),
-        })
+        self.opt_time(col)?
+            .ok_or_else(|| sqlx::Error::ColumnDecode {
+                index: col.to_string(),
+                source: "unexpected NULL time".into(),
+            })
     }
 
     fn results(&self, col: &str) -> Result<Option<Results>, sqlx::Error> {

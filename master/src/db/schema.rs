@@ -210,7 +210,9 @@ macro_rules! read_applied {
                  WHERE type = 'table' AND name = '_sqlx_migrations'"
             }
         };
-        let n: i64 = sqlx::query_scalar(exists_sql).fetch_one(&mut *$conn).await?;
+        let n: i64 = sqlx::query_scalar(exists_sql)
+            .fetch_one(&mut *$conn)
+            .await?;
         let mut applied = BTreeMap::new();
         if n > 0 {
             let rows = sqlx::query("SELECT version, success, checksum FROM _sqlx_migrations")

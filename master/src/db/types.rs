@@ -46,7 +46,9 @@ impl Results {
     ];
 
     pub fn from_i64(v: i64) -> Option<Results> {
-        usize::try_from(v).ok().and_then(|i| Self::ALL.get(i).copied())
+        usize::try_from(v)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
     }
 
     pub fn as_i64(self) -> i64 {
@@ -78,7 +80,11 @@ impl Results {
                 Results::Cancelled => 6,
             }
         }
-        if rank(other) > rank(self) { other } else { self }
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
     }
 }
 

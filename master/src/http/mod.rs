@@ -39,7 +39,10 @@ pub fn router(state: Arc<MasterState>) -> Router {
         .route("/api/v1/workers", get(reads::workers))
         .route("/api/v1/buildrequests", get(reads::requests))
         .route("/api/v1/buildrequests/{id}", get(reads::request))
-        .route("/api/v1/buildrequests/{id}/cancel", post(writes::cancel_request))
+        .route(
+            "/api/v1/buildrequests/{id}/cancel",
+            post(writes::cancel_request),
+        )
         .route("/api/v1/builds", get(reads::builds))
         .route("/api/v1/builds/{id}", get(reads::build))
         .route("/api/v1/builds/{id}/steps", get(reads::steps))
@@ -68,7 +71,11 @@ pub async fn serve(listener: TcpListener, state: Arc<MasterState>, stop: Cancell
 }
 
 /// Every POST needs the admin token when the cluster names one (webhooks excepted).
-async fn require_token(State(state): State<Arc<MasterState>>, req: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_token(
+    State(state): State<Arc<MasterState>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     if req.method() == Method::POST && !req.uri().path().starts_with("/api/v1/hooks/") {
         if let Some(var) = &state.config.api.admin_token_env {
             let expected = std::env::var(var).unwrap_or_default();

@@ -16,7 +16,9 @@ impl Params {
             None | Some("") => Ok(None),
             Some("true") | Some("1") => Ok(Some(true)),
             Some("false") | Some("0") => Ok(Some(false)),
-            Some(v) => Err(ApiError::BadRequest(format!("{key} must be true or false, not {v:?}"))),
+            Some(v) => Err(ApiError::BadRequest(format!(
+                "{key} must be true or false, not {v:?}"
+            ))),
         }
     }
 
@@ -39,7 +41,9 @@ impl Params {
         let limit = self.int("limit")?.unwrap_or(DEFAULT_LIMIT);
         let offset = self.int("offset")?.unwrap_or(0);
         if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}")));
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and {MAX_LIMIT}"
+            )));
         }
         if offset < 0 {
             return Err(ApiError::BadRequest("offset must not be negative".into()));

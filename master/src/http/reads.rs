@@ -28,8 +28,16 @@ pub async fn readyz(State(st): St) -> impl IntoResponse {
     let db = st.db_healthy.load(Ordering::SeqCst);
     let draining = st.is_draining();
     let ready = db && !draining;
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"ready": ready, "database": db, "draining": draining})))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let links = st.gateway_links.load(Ordering::SeqCst);
+    (
+        status,
+        Json(json!({"ready": ready, "database": db, "draining": draining, "gateway_links": links})),
+    )
 }
 
 #[derive(Serialize)]
@@ -101,7 +109,12 @@ pub async fn workers(State(st): St, Query(q): Q) -> ApiResult<Json<Vec<Value>>> 
     let p = Params(q);
     p.only(&["limit", "offset"])?;
     let (limit, offset) = p.page()?;
-    let attached: HashMap<String, bool> = st.workers.views().into_iter().map(|w| (w.name, w.idle)).collect();
+    let attached: HashMap<String, bool> = st
+        .workers
+        .views()
+        .into_iter()
+        .map(|w| (w.name, w.idle))
+        .collect();
     Ok(Json(
         st.config
             .workers
@@ -182,7 +195,10 @@ pub async fn steps(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Vec<
     Ok(Json(st.store.list_steps(id).await?))
 }
 
-pub async fn step_log(State(st): St, Path((id, n)): Path<(String, String)>) -> ApiResult<impl IntoResponse> {
+pub async fn step_log(
+    State(st): St,
+    Path((id, n)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id)?;
     let n: i32 = n
         .parse()

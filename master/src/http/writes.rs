@@ -18,7 +18,8 @@ use crate::runtime::MasterState;
 type St = State<Arc<MasterState>>;
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v).map_err(|e| ApiError::BadRequest(e.body_text()))
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,7 +42,10 @@ pub struct ForceBody {
     properties: BTreeMap<String, Value>,
 }
 
-pub async fn force(State(st): St, b: Result<Json<ForceBody>, JsonRejection>) -> ApiResult<Json<Value>> {
+pub async fn force(
+    State(st): St,
+    b: Result<Json<ForceBody>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
     let f = body(b)?;
     let builder_id = *st
         .builder_ids
@@ -64,7 +68,9 @@ pub async fn force(State(st): St, b: Result<Json<ForceBody>, JsonRejection>) -> 
     };
     let (buildset_id, ids) = st.store.add_buildset(&bs).await?;
     st.wake.notify_one();
-    Ok(Json(json!({"buildset_id": buildset_id, "buildrequest_ids": ids})))
+    Ok(Json(
+        json!({"buildset_id": buildset_id, "buildrequest_ids": ids}),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,7 +99,10 @@ pub struct ChangeBody {
 
 /// Records the change, then runs it past the branch schedulers that fire at
 /// once (no tree-stable timer). Timed schedulers run on the master that owns them.
-pub async fn changes(State(st): St, b: Result<Json<ChangeBody>, JsonRejection>) -> ApiResult<Json<Value>> {
+pub async fn changes(
+    State(st): St,
+    b: Result<Json<ChangeBody>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
     let c = body(b)?;
     let change = NewChange {
         author: c.author,
@@ -114,7 +123,13 @@ pub async fn changes(State(st): St, b: Result<Json<ChangeBody>, JsonRejection>) 
         let immediate = s.tree_stable_timer.is_none_or(|t| t.get().is_zero());
         let matches = match s.kind.as_str() {
             "single-branch" => s.branch.is_some() && s.branch == change.branch,
-            "any-branch" => s.branches.is_empty() || change.branch.as_ref().is_some_and(|b| s.branches.contains(b)),
+            "any-branch" => {
+                s.branches.is_empty()
+                    || change
+                        .branch
+                        .as_ref()
+                        .is_some_and(|b| s.branches.contains(b))
+            }
             _ => false,
         };
         if !(immediate && matches) {
@@ -141,7 +156,9 @@ pub async fn changes(State(st): St, b: Result<Json<ChangeBody>, JsonRejection>) 
             ..Default::default()
         };
         let (buildset_id, ids) = st.store.add_buildset(&bs).await?;
-        created.push(json!({"buildset_id": buildset_id, "buildrequest_ids": ids, "scheduler": s.name}));
+        created.push(
+            json!({"buildset_id": buildset_id, "buildrequest_ids": ids, "scheduler": s.name}),
+        );
     }
     if !created.is_empty() {
         st.wake.notify_one();
@@ -160,7 +177,9 @@ pub async fn undrain(State(st): St, Path(name): Path<String>) -> ApiResult<Json<
 async fn set_draining(st: &MasterState, name: &str, draining: bool) -> ApiResult<Json<Value>> {
     let n = st.store.set_draining_by_name(name, draining).await?;
     if n == 0 {
-        return Err(ApiError::NotFound(format!("no active master named {name:?}")));
+        return Err(ApiError::NotFound(format!(
+            "no active master named {name:?}"
+        )));
     }
     Ok(Json(json!({"masters": n, "draining": draining})))
 }

@@ -115,10 +115,7 @@ impl BuildCtx<'_> {
         let store = &st.store;
         let me = st.master_id();
         let ids = [self.request_id];
-        let Some(details) = retry_transient(|| store.request_details(&ids))
-            .await?
-            .pop()
-        else {
+        let Some(details) = retry_transient(|| store.request_details(&ids)).await?.pop() else {
             return Ok(());
         };
         let Some(builder) = st.config.builder(&details.builder).cloned() else {
@@ -126,9 +123,15 @@ impl BuildCtx<'_> {
             store.unclaim(me, &[self.request_id]).await?;
             return Ok(());
         };
-        let build = retry_transient(|| store.start_build(me, self.request_id, builder_id, self.worker.worker_id)).await?;
+        let build = retry_transient(|| {
+            store.start_build(me, self.request_id, builder_id, self.worker.worker_id)
+        })
+        .await?;
         let Some(build) = build else {
-            tracing::warn!(request = self.request_id, "claim lost before the build started");
+            tracing::warn!(
+                request = self.request_id,
+                "claim lost before the build started"
+            );
             return Ok(());
         };
         tracing::info!(
@@ -144,7 +147,8 @@ impl BuildCtx<'_> {
         let env = step_env(st, &details, &build, &self.worker.name, &builder.env);
         let mut step_ids = Vec::with_capacity(builder.steps.len());
         for (i, step) in builder.steps.iter().enumerate() {
-            step_ids.push(retry_transient(|| store.add_step(build.id, i as i32, &step.name)).await?);
+            step_ids
+                .push(retry_transient(|| store.add_step(build.id, i as i32, &step.name)).await?);
         }
         let workdir_base = sanitize(&details.builder);
         let mut overall = Results::Success;
@@ -162,27 +166,45 @@ impl BuildCtx<'_> {
             if outcome.results != Results::Skipped {
                 overall = overall.worst(outcome.results);
             }
-            if matches!(outcome.results, Results::Failure | Results::Exception) && step.halt_on_failure {
+            if matches!(outcome.results, Results::Failure | Results::Exception)
+                && step.halt_on_failure
+            {
                 halted = true;
             }
             aborted = outcome.aborted;
         }
         let result = match aborted {
             None => {
-                let done = retry_transient(|| store.finish_build(me, build.id, self.request_id, overall, true)).await?;
+                let done = retry_transient(|| {
+                    store.finish_build(me, build.id, self.request_id, overall, true)
+                })
+                .await?;
                 if !done {
-                    tracing::warn!(request = self.request_id, "claim lost before completion; result not recorded");
+                    tracing::warn!(
+                        request = self.request_id,
+                        "claim lost before completion; result not recorded"
+                    );
                 }
                 overall
             }
             Some(AbortReason::Stopped) => {
-                retry_transient(|| store.finish_build(me, build.id, self.request_id, Results::Cancelled, true)).await?;
+                retry_transient(|| {
+                    store.finish_build(me, build.id, self.request_id, Results::Cancelled, true)
+                })
+                .await?;
                 Results::Cancelled
             }
             Some(reason) => {
                 // Fenced: this unclaims only a request that is still ours.
-                retry_transient(|| store.finish_build(me, build.id, self.request_id, Results::Retry, false)).await?;
-                tracing::warn!(request = self.request_id, ?reason, "build interrupted; request handed back");
+                retry_transient(|| {
+                    store.finish_build(me, build.id, self.request_id, Results::Retry, false)
+                })
+                .await?;
+                tracing::warn!(
+                    request = self.request_id,
+                    ?reason,
+                    "build interrupted; request handed back"
+                );
                 Results::Retry
             }
         };
@@ -202,7 +224,9 @@ impl BuildCtx<'_> {
     ) -> Result<StepOutcome, DbError> {
         let st = self.state;
         let mut log = BuildLog::new(st.store.clone(), log_id);
-        let command_id = st.next_command.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let command_id = st
+            .next_command
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut step_env = env.clone();
         step_env.extend(step.env.clone());
         let workdir = match &step.workdir {
@@ -217,11 +241,13 @@ impl BuildCtx<'_> {
             timeout_ms: step.timeout.map_or(0, |t| t.get().as_millis() as u64),
             files: Vec::new(),
         };
-        log.note(&format!("$ {}", shell_words(&step.command))).await?;
+        log.note(&format!("$ {}", shell_words(&step.command)))
+            .await?;
         let mut rx = match st.workers.start_command(self.worker.key, run).await {
             Ok(rx) => rx,
             Err(e) => {
-                log.note(&format!("could not start the command: {e}")).await?;
+                log.note(&format!("could not start the command: {e}"))
+                    .await?;
                 log.flush().await?;
                 return Ok(StepOutcome {
                     results: Results::Retry,
@@ -323,7 +349,10 @@ fn step_env(
     builder_env: &std::collections::BTreeMap<String, String>,
 ) -> HashMap<String, String> {
     let ss = req.sourcestamps.first().cloned().unwrap_or_default();
-    let mut env: HashMap<String, String> = builder_env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut env: HashMap<String, String> = builder_env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     env.insert("FLOTILLA_BUILDER".into(), req.builder.clone());
     env.insert("FLOTILLA_BUILD_ID".into(), build.id.to_string());
     env.insert("FLOTILLA_BUILD_NUMBER".into(), build.number.to_string());
@@ -340,7 +369,13 @@ fn step_env(
         };
         let key: String = k
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         env.insert(format!("FLOTILLA_PROP_{key}"), value);
     }
@@ -350,14 +385,23 @@ fn step_env(
 /// A builder name made safe as a directory name.
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
-            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c)) {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c))
+            {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', r"'\''"))

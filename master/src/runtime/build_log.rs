@@ -63,7 +63,11 @@ impl BuildLog {
         if self.buf.is_empty() {
             return Ok(());
         }
-        super::build::retry_transient(|| self.store.append_log_chunk(self.log_id, self.seq, &self.buf)).await?;
+        super::build::retry_transient(|| {
+            self.store
+                .append_log_chunk(self.log_id, self.seq, &self.buf)
+        })
+        .await?;
         self.seq += 1;
         self.buf.clear();
         Ok(())

@@ -25,7 +25,10 @@ pub async fn run(state: Arc<MasterState>) {
             if state.shutdown.graceful.is_cancelled() {
                 return;
             }
-            let handed = state.workers.release_idle_to_gateway("this master is draining").await;
+            let handed = state
+                .workers
+                .release_idle_to_gateway("this master is draining")
+                .await;
             if handed > 0 {
                 tracing::info!(workers = handed, "handed idle workers back to the gateway");
             }
@@ -68,7 +71,10 @@ async fn claim_round(state: &Arc<MasterState>) -> Result<bool, crate::db::DbErro
         return Ok(false);
     }
     let started = std::time::Instant::now();
-    let won = state.store.pick_and_claim_per_builder(state.master_id(), &wants).await?;
+    let won = state
+        .store
+        .pick_and_claim_per_builder(state.master_id(), &wants)
+        .await?;
     metrics::histogram!("flotilla_claim_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("flotilla_claims_won_total").increment(won.len() as u64);
     if won.is_empty() {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use flotilla_proto::v1::master_link_client::MasterLinkClient;
 use flotilla_proto::v1::{
-    AuthRequest, AuthResult, FromWorker, GatewayToMaster, MasterHeartbeat, MasterHello, MasterToGateway,
-    gateway_to_master, master_to_gateway, worker_message,
+    AuthRequest, AuthResult, FromWorker, GatewayToMaster, MasterHeartbeat, MasterHello,
+    MasterToGateway, gateway_to_master, master_to_gateway, worker_message,
 };
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -31,14 +31,18 @@ pub async fn run(state: Arc<MasterState>, link: u64, url: String, stop: Cancella
             r = session(&state, link, &url) => r,
             _ = stop.cancelled() => Ok(()),
         };
-        state.workers.detach_link(link, "the link to the gateway closed");
+        state
+            .workers
+            .detach_link(link, "the link to the gateway closed");
         state.wake.notify_one();
         if stop.is_cancelled() {
             return;
         }
         match result {
             Ok(()) => tracing::warn!(gateway = %url, "gateway link ended; reconnecting"),
-            Err(e) => tracing::warn!(gateway = %url, error = %e, "gateway link failed; reconnecting"),
+            Err(e) => {
+                tracing::warn!(gateway = %url, error = %e, "gateway link failed; reconnecting")
+            }
         }
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(100);
@@ -54,7 +58,10 @@ pub async fn run(state: Arc<MasterState>, link: u64, url: String, stop: Cancella
 
 fn heartbeat_every(state: &MasterState) -> Duration {
     let silence = state.config.cluster.master_timeout.get() / 2;
-    (silence / 4).clamp(Duration::from_millis(50), state.config.cluster.heartbeat_interval.get())
+    (silence / 4).clamp(
+        Duration::from_millis(50),
+        state.config.cluster.heartbeat_interval.get(),
+    )
 }
 
 async fn session(state: &Arc<MasterState>, link: u64, url: &str) -> Result<(), String> {
@@ -79,6 +86,9 @@ async fn session(state: &Arc<MasterState>, link: u64, url: &str) -> Result<(), S
         .map_err(|s| format!("attach refused: {s}"))?
         .into_inner();
     tracing::info!(gateway = %url, "attached to gateway");
+    state
+        .gateway_links
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 
     let beat = heartbeat_every(state);
     let hb_tx = tx.clone();
@@ -89,7 +99,10 @@ async fn session(state: &Arc<MasterState>, link: u64, url: &str) -> Result<(), S
             tick.tick().await;
             // Only beat while the database knows we are alive: a master cut
             // off from the database must be fenced by the gateway in time.
-            if !hb_state.db_healthy.load(std::sync::atomic::Ordering::SeqCst) {
+            if !hb_state
+                .db_healthy
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
                 continue;
             }
             let m = msg(master_to_gateway::Msg::Heartbeat(MasterHeartbeat {
@@ -108,6 +121,9 @@ async fn session(state: &Arc<MasterState>, link: u64, url: &str) -> Result<(), S
         }
     };
     heartbeat.abort();
+    state
+        .gateway_links
+        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     result
 }
 
@@ -115,19 +131,29 @@ fn msg(m: master_to_gateway::Msg) -> MasterToGateway {
     MasterToGateway { msg: Some(m) }
 }
 
-async fn handle(state: &Arc<MasterState>, link: u64, tx: &mpsc::Sender<MasterToGateway>, m: GatewayToMaster) {
+async fn handle(
+    state: &Arc<MasterState>,
+    link: u64,
+    tx: &mpsc::Sender<MasterToGateway>,
+    m: GatewayToMaster,
+) {
     match m.msg {
         Some(gateway_to_master::Msg::AuthRequest(req)) => {
             let (result, accepted) = authenticate(state, &req).await;
             // The answer goes out before the worker is attached, so no command
             // for this session can reach the gateway ahead of it.
-            let ok = tx.send(msg(master_to_gateway::Msg::AuthResult(result))).await.is_ok();
+            let ok = tx
+                .send(msg(master_to_gateway::Msg::AuthResult(result)))
+                .await
+                .is_ok();
             if let (true, Some((worker_id, builders))) = (ok, accepted) {
                 let key = WorkerKey {
                     link,
                     session: req.session,
                 };
-                state.workers.attach(key, req.name.clone(), worker_id, builders, tx.clone());
+                state
+                    .workers
+                    .attach(key, req.name.clone(), worker_id, builders, tx.clone());
                 tracing::info!(worker = %req.name, "worker attached");
                 state.wake.notify_one();
             }
@@ -142,12 +168,22 @@ async fn handle(state: &Arc<MasterState>, link: u64, tx: &mpsc::Sender<MasterToG
             );
             state.wake.notify_one();
         }
-        Some(gateway_to_master::Msg::FromWorker(FromWorker { msg: Some(wm), .. })) => match wm.msg {
-            Some(worker_message::Msg::Output(o)) => deliver(state, o.command_id, CommandEvent::Output(o.data)).await,
-            Some(worker_message::Msg::Exit(e)) => deliver(state, e.command_id, CommandEvent::Exit(e)).await,
-            Some(worker_message::Msg::Heartbeat(_)) | Some(worker_message::Msg::Register(_)) | None => {}
-        },
-        Some(gateway_to_master::Msg::FromWorker(_)) | Some(gateway_to_master::Msg::Hello(_)) | None => {}
+        Some(gateway_to_master::Msg::FromWorker(FromWorker { msg: Some(wm), .. })) => {
+            match wm.msg {
+                Some(worker_message::Msg::Output(o)) => {
+                    deliver(state, o.command_id, CommandEvent::Output(o.data)).await
+                }
+                Some(worker_message::Msg::Exit(e)) => {
+                    deliver(state, e.command_id, CommandEvent::Exit(e)).await
+                }
+                Some(worker_message::Msg::Heartbeat(_))
+                | Some(worker_message::Msg::Register(_))
+                | None => {}
+            }
+        }
+        Some(gateway_to_master::Msg::FromWorker(_))
+        | Some(gateway_to_master::Msg::Hello(_))
+        | None => {}
     }
 }
 
@@ -160,7 +196,10 @@ async fn deliver(state: &MasterState, command_id: u64, event: CommandEvent) {
 
 /// Checks a worker's password against the cluster file. On success also
 /// returns the worker's id and the builders it serves.
-async fn authenticate(state: &Arc<MasterState>, req: &AuthRequest) -> (AuthResult, Option<(i64, Vec<i64>)>) {
+async fn authenticate(
+    state: &Arc<MasterState>,
+    req: &AuthRequest,
+) -> (AuthResult, Option<(i64, Vec<i64>)>) {
     let refuse = |reason: &str| {
         tracing::warn!(worker = %req.name, reason, "worker refused");
         (

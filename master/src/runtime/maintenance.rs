@@ -41,7 +41,9 @@ pub async fn run(state: Arc<MasterState>, stop: CancellationToken) {
                 fenced_builds = false;
             }
             Ok(false) => {
-                tracing::error!("this master was declared dead by the cluster; stopping everything it ran");
+                tracing::error!(
+                    "this master was declared dead by the cluster; stopping everything it ran"
+                );
                 state.db_healthy.store(false, Ordering::SeqCst);
                 state.declared_dead.store(true, Ordering::SeqCst);
                 state.abort_builds(None, AbortReason::LostClaim);
@@ -97,7 +99,10 @@ async fn housekeeping(
     }
     let expired = store.release_expired_claims(t.claim_lease.get()).await?;
     if !expired.is_empty() {
-        tracing::warn!(released = expired.len(), "released claims whose lease expired");
+        tracing::warn!(
+            released = expired.len(),
+            "released claims whose lease expired"
+        );
         metrics::counter!("flotilla_reaped_claims_total").increment(expired.len() as u64);
         state.wake.notify_one();
     }
@@ -106,14 +111,15 @@ async fn housekeeping(
         let held = state.running_requests();
         if !held.is_empty() {
             let renewal = store.renew_claims(state.master_id(), &held).await?;
-            metrics::counter!("flotilla_claim_renewals_total").increment(renewal.renewed.len() as u64);
+            metrics::counter!("flotilla_claim_renewals_total")
+                .increment(renewal.renewed.len() as u64);
             if !renewal.lost.is_empty() {
                 tracing::error!(lost = ?renewal.lost, "claims lost; stopping those builds");
-                metrics::counter!("flotilla_claims_lost_total").increment(renewal.lost.len() as u64);
+                metrics::counter!("flotilla_claims_lost_total")
+                    .increment(renewal.lost.len() as u64);
                 state.abort_builds(Some(&renewal.lost), AbortReason::LostClaim);
             }
         }
     }
     Ok(())
 }
-

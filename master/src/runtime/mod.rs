@@ -15,7 +15,7 @@ mod maintenance;
 mod workers;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,7 +56,9 @@ pub enum MasterError {
     Config(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("this master was declared dead by the cluster (it could not heartbeat in time); its builds were stopped")]
+    #[error(
+        "this master was declared dead by the cluster (it could not heartbeat in time); its builds were stopped"
+    )]
     Fenced,
 }
 
@@ -98,6 +100,8 @@ pub struct MasterState {
     pub draining: AtomicBool,
     /// Whether the last heartbeat reached the database.
     pub db_healthy: AtomicBool,
+    /// Gateway links attached now.
+    pub gateway_links: AtomicUsize,
     /// The database says this incarnation is dead: it must stop.
     pub(crate) declared_dead: AtomicBool,
     pub(crate) running: Mutex<HashMap<i64, RunningBuild>>,
@@ -174,6 +178,7 @@ pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterEr
         draining: AtomicBool::new(false),
         db_healthy: AtomicBool::new(true),
         declared_dead: AtomicBool::new(false),
+        gateway_links: AtomicUsize::new(0),
         running: Mutex::new(HashMap::new()),
         next_command: AtomicU64::new(1),
         shutdown: shutdown.clone(),
@@ -187,7 +192,12 @@ pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterEr
     let http = tokio::spawn(crate::http::serve(opts.http, http_state, http_stop));
     let mut links = Vec::new();
     for (i, url) in config.gateway.master_urls().into_iter().enumerate() {
-        links.push(tokio::spawn(link::run(state.clone(), i as u64, url, stop_all.clone())));
+        links.push(tokio::spawn(link::run(
+            state.clone(),
+            i as u64,
+            url,
+            stop_all.clone(),
+        )));
     }
     let maintenance = tokio::spawn(maintenance::run(state.clone(), stop_all.clone()));
     let claimer = tokio::spawn(claim_loop::run(state.clone()));
@@ -219,7 +229,11 @@ pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterEr
     }
     let _ = http.await;
     tracing::info!("master stopped");
-    if fenced { Err(MasterError::Fenced) } else { Ok(()) }
+    if fenced {
+        Err(MasterError::Fenced)
+    } else {
+        Ok(())
+    }
 }
 
 /// Resolves when the maintenance loop finds this incarnation declared dead.
@@ -249,7 +263,10 @@ async fn drain_running(state: &MasterState) {
         }
     }
     if state.running_count() > 0 {
-        tracing::warn!(running = state.running_count(), "handing unfinished builds back to the queue");
+        tracing::warn!(
+            running = state.running_count(),
+            "handing unfinished builds back to the queue"
+        );
         state.abort_builds(None, AbortReason::Shutdown);
     }
 }

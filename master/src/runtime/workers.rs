@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use flotilla_proto::v1::{
-    CommandExit, GatewayMessage, Interrupt, MasterToGateway, Reconnect, RunCommand, ToWorker, gateway_message,
-    master_to_gateway,
+    CommandExit, GatewayMessage, Interrupt, MasterToGateway, Reconnect, RunCommand, ToWorker,
+    gateway_message, master_to_gateway,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -113,7 +113,12 @@ impl WorkerRegistry {
     /// A gateway link ended: every worker on it is gone.
     pub fn detach_link(&self, link: u64, reason: &str) {
         let mut inner = self.lock();
-        let keys: Vec<WorkerKey> = inner.workers.keys().filter(|k| k.link == link).copied().collect();
+        let keys: Vec<WorkerKey> = inner
+            .workers
+            .keys()
+            .filter(|k| k.link == link)
+            .copied()
+            .collect();
         for k in keys {
             lose(&mut inner, k, reason);
         }
@@ -185,7 +190,10 @@ impl WorkerRegistry {
 
     /// Where to deliver an event of this command, if anyone still listens.
     pub fn command_sender(&self, command_id: u64) -> Option<mpsc::Sender<CommandEvent>> {
-        self.lock().commands.get(&command_id).map(|(_, tx)| tx.clone())
+        self.lock()
+            .commands
+            .get(&command_id)
+            .map(|(_, tx)| tx.clone())
     }
 
     pub fn finish_command(&self, command_id: u64) {

@@ -1,0 +1,234 @@
+//! Test databases for the store tests: a fresh, uniquely named MariaDB
+//! database per test (dropped when the guard goes, even on panic) or a SQLite
+//! file in a temporary directory.
+//!
+//! MariaDB is found at `FLOTILLA_TEST_MYSQL` (default
+//! `mysql://root@127.0.0.1:3306`).
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use flotilla_master::db::{Backend, MasterId, NewBuildset, Store};
+use sqlx::{AssertSqlSafe, Connection, Executor};
+
+pub fn mysql_base() -> String {
+    std::env::var("FLOTILLA_TEST_MYSQL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_string())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// One test's database. Dropping it drops the MariaDB database.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    mysql_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::MySql => Self::mysql().await,
+            Backend::Sqlite => Self::sqlite(),
+        }
+    }
+
+    /// A fresh empty MariaDB database.
+    pub async fn mysql() -> TestDb {
+        let name = format!(
+            "flotilla_t_{}_{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let mut admin = sqlx::MySqlConnection::connect(&format!("{}/", mysql_base()))
+            .await
+            .expect("connect to MariaDB (set FLOTILLA_TEST_MYSQL)");
+        admin
+            .execute(AssertSqlSafe(format!(
+                "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            )))
+            .await
+            .expect("create test database");
+        let _ = admin.close().await;
+        TestDb {
+            url: format!("{}/{name}", mysql_base()),
+            backend: Backend::MySql,
+            mysql_name: Some(name),
+            _dir: None,
+        }
+    }
+
+    /// A fresh SQLite file in a temporary directory.
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("state.sqlite").display());
+        TestDb {
+            url,
+            backend: Backend::Sqlite,
+            mysql_name: None,
+            _dir: Some(dir),
+        }
+    }
+
+    /// A new store (its own pool) on this database.
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.url).await.expect("connect store")
+    }
+
+    pub async fn store_with(&self, max_connections: u32) -> Store {
+        Store::connect_with(&self.url, max_connections)
+            .await
+            .expect("connect store")
+    }
+
+    /// A new store on an upgraded schema.
+    pub async fn upgraded_store(&self) -> Store {
+        let s = self.store().await;
+        s.upgrade().await.expect("upgrade");
+        s
+    }
+
+    /// Run one raw statement on this database, outside the store.
+    pub async fn exec(&self, sql: &str) {
+        match self.backend {
+            Backend::MySql => {
+                let mut c = sqlx::MySqlConnection::connect(&self.url).await.unwrap();
+                c.execute(AssertSqlSafe(sql.to_string())).await.unwrap();
+                let _ = c.close().await;
+            }
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                c.execute(AssertSqlSafe(sql.to_string())).await.unwrap();
+                let _ = c.close().await;
+            }
+        }
+    }
+
+    /// A one-column integer query, outside the store.
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        match self.backend {
+            Backend::MySql => {
+                let mut c = sqlx::MySqlConnection::connect(&self.url).await.unwrap();
+                let v = sqlx::query_scalar(AssertSqlSafe(sql.to_string()))
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+                let _ = c.close().await;
+                v
+            }
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                let v = sqlx::query_scalar(AssertSqlSafe(sql.to_string()))
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+                let _ = c.close().await;
+                v
+            }
+        }
+    }
+
+    /// The schema as text (tables, columns, indexes), to compare databases.
+    pub async fn schema_dump(&self) -> Vec<String> {
+        match self.backend {
+            Backend::MySql => {
+                let mut c = sqlx::MySqlConnection::connect(&self.url).await.unwrap();
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
+                     WHERE table_schema = DATABASE() ORDER BY table_name",
+                )
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+                let mut out = Vec::new();
+                for t in tables {
+                    let row: (String, String) =
+                        sqlx::query_as(AssertSqlSafe(format!("SHOW CREATE TABLE `{t}`")))
+                            .fetch_one(&mut c)
+                            .await
+                            .unwrap();
+                    // AUTO_INCREMENT=n differs with how many rows were written.
+                    let ddl: String = row
+                        .1
+                        .split(' ')
+                        .filter(|w| !w.starts_with("AUTO_INCREMENT="))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    out.push(ddl);
+                }
+                let _ = c.close().await;
+                out
+            }
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+                    "SELECT name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name",
+                )
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+                let _ = c.close().await;
+                rows.into_iter()
+                    .map(|(n, s)| format!("{n}: {}", s.unwrap_or_default()))
+                    .collect()
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.mysql_name.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime: do the async work on a thread
+        // of its own.
+        let base = mysql_base();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = sqlx::MySqlConnection::connect(&format!("{base}/")).await {
+                    let _ = c
+                        .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
+                        .await;
+                    let _ = c.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// `n` pending requests of `builder` in one buildset, all priority `priority`.
+pub async fn seed(store: &Store, builder: i64, n: usize, priority: i32) -> Vec<i64> {
+    let (_, ids) = store
+        .add_buildset(&NewBuildset {
+            reason: "test".into(),
+            builders: vec![(builder, priority); n],
+            ..Default::default()
+        })
+        .await
+        .expect("add_buildset");
+    ids
+}
+
+pub async fn builder(store: &Store, name: &str) -> i64 {
+    store
+        .ensure_builders(&[name.to_string()])
+        .await
+        .expect("ensure_builders")[name]
+}
+
+pub async fn master(store: &Store, name: &str) -> MasterId {
+    store.register_master(name).await.expect("register").id
+}
+
+/// Sleep long enough for the database clock to pass a `d` lease.
+pub async fn outlive(d: Duration) {
+    tokio::time::sleep(d + Duration::from_millis(150)).await;
+}

@@ -1,0 +1,888 @@
+//! The store conformance suite: every case runs against MariaDB (a fresh
+//! database each) and SQLite (a temporary file), with the same test code.
+//!
+//! Leases and timeouts are real but short (1 s) and the tests sleep past them:
+//! the clock that matters is the database's, so there is nothing to inject.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{TestDb, builder, master, outlive, seed};
+use flotilla_master::db::{
+    BuildFilter, DbError, NewBuildset, NewChange, Patch, RequestFilter, Results, SourceStamp,
+};
+
+const SHORT: Duration = Duration::from_secs(1);
+
+/// Run each case as `mysql::<case>` and `sqlite::<case>`.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::mysql().await;
+                    super::$case(&db).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::sqlite();
+                    super::$case(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    schema_status_and_upgrade_are_idempotent,
+    claim_one_and_many,
+    claimed_by_another_is_not_yours,
+    missing_id_is_not_an_error,
+    unclaim_touches_only_own,
+    complete_is_fenced,
+    renew_refreshes_and_reports_lost,
+    expired_lease_is_released_once,
+    dead_master_is_reaped,
+    two_reapers_race,
+    restart_releases_older_incarnation,
+    start_build_is_fenced,
+    finish_build_with_lost_claim,
+    finish_build_without_completing_requeues,
+    pick_orders_by_priority_then_age,
+    pick_per_builder,
+    add_buildset_creates_requests,
+    cancel_pending_request,
+    steps_and_logs,
+    masters_flags_and_listing,
+    object_ownership,
+    object_state,
+    reads_and_counts,
+);
+
+async fn schema_status_and_upgrade_are_idempotent(db: &TestDb) {
+    let s = db.store().await;
+    let st = s.schema_status().await.unwrap();
+    assert_eq!(st.current, None);
+    assert!(!st.is_current());
+    assert_eq!(st.pending.len() as i64, st.latest);
+    match s.ensure_current().await {
+        Err(e @ DbError::SchemaNotCurrent { .. }) => {
+            assert!(e.to_string().contains("flotilla db upgrade"), "{e}")
+        }
+        other => panic!("expected SchemaNotCurrent, got {other:?}"),
+    }
+    let applied = s.upgrade().await.unwrap();
+    assert_eq!(applied.len() as i64, st.latest);
+    let st = s.schema_status().await.unwrap();
+    assert!(st.is_current(), "{st:?}");
+    assert_eq!(st.current, Some(st.latest));
+    assert!(s.upgrade().await.unwrap().is_empty());
+    s.ensure_current().await.unwrap();
+}
+
+async fn claim_one_and_many(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let b = builder(&s, "unit").await;
+    let r = seed(&s, b, 4, 0).await;
+    assert_eq!(s.claim_requests(a, &r[..1]).await.unwrap(), vec![r[0]]);
+    let mut won = s.claim_requests(a, &r[1..]).await.unwrap();
+    won.sort();
+    assert_eq!(won, r[1..].to_vec());
+    // Claiming again wins nothing: a claim is a compare-and-swap.
+    assert!(s.claim_requests(a, &r).await.unwrap().is_empty());
+    let row = s.get_request(r[0]).await.unwrap().unwrap();
+    assert_eq!(row.claimed_by_masterid, Some(a));
+    assert_eq!(row.claimed_by_master.as_deref(), Some("a"));
+    assert!(row.claimed_at.is_some());
+    assert!(!row.complete);
+}
+
+async fn claimed_by_another_is_not_yours(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let s2 = db.store().await;
+    let a = master(&s, "a").await;
+    let b2 = master(&s2, "b").await;
+    let bl = builder(&s, "unit").await;
+    let r = seed(&s, bl, 3, 0).await;
+    assert_eq!(s.claim_requests(a, &[r[0]]).await.unwrap(), vec![r[0]]);
+    let mut won = s2.claim_requests(b2, &r).await.unwrap();
+    won.sort();
+    assert_eq!(won, vec![r[1], r[2]]);
+    let row = s.get_request(r[0]).await.unwrap().unwrap();
+    assert_eq!(row.claimed_by_masterid, Some(a));
+}
+
+async fn missing_id_is_not_an_error(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let bl = builder(&s, "unit").await;
+    let r = seed(&s, bl, 1, 0).await;
+    let missing = 987_654_321;
+    assert_eq!(
+        s.claim_requests(a, &[missing, r[0]]).await.unwrap(),
+        vec![r[0]]
+    );
+    let ren = s.renew_claims(a, &[r[0], missing]).await.unwrap();
+    assert_eq!(ren.renewed, vec![r[0]]);
+    assert_eq!(ren.lost, vec![missing]);
+    assert!(s.unclaim(a, &[missing]).await.unwrap().is_empty());
+    assert!(
+        s.complete_requests(a, &[missing], Results::Success)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.start_build(a, missing, bl, 1).await.unwrap().is_none());
+    assert!(s.get_request(missing).await.unwrap().is_none());
+    assert!(s.request_details(&[missing]).await.unwrap().is_empty());
+    assert!(!s.cancel_pending_request(missing).await.unwrap());
+}
+
+async fn unclaim_touches_only_own(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let b = master(&s, "b").await;
+    let bl = builder(&s, "unit").await;
+    let r = seed(&s, bl, 3, 0).await;
+    s.claim_requests(a, &[r[0]]).await.unwrap();
+    s.claim_requests(b, &[r[1]]).await.unwrap();
+    assert_eq!(s.unclaim(a, &r).await.unwrap(), vec![r[0]]);
+    let r0 = s.get_request(r[0]).await.unwrap().unwrap();
+    assert_eq!((r0.claimed_by_masterid, r0.claimed_at), (None, None));
+    assert_eq!(
+        s.get_request(r[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .claimed_by_masterid,
+        Some(b)
+    );
+    // Back in the queue at once.
+    assert_eq!(s.claim_requests(b, &[r[0]]).await.unwrap(), vec![r[0]]);
+}
+
+async fn complete_is_fenced(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let b = master(&s, "b").await;
+    let bl = builder(&s, "unit").await;
+    let r = seed(&s, bl, 2, 0).await;
+    s.claim_requests(a, &r).await.unwrap();
+    assert!(
+        s.complete_requests(b, &r, Results::Success)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.complete_requests(a, &[r[0]], Results::Warnings)
+            .await
+            .unwrap(),
+        vec![r[0]]
+    );
+    let row = s.get_request(r[0]).await.unwrap().unwrap();
+    assert!(row.complete);
+    assert_eq!(row.results, Some(Results::Warnings));
+    assert!(row.complete_at.is_some());
+    // Already complete: refused, and the result does not change.
+    assert!(
+        s.complete_requests(a, &[r[0]], Results::Failure)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let bs = row.buildset_id;
+    let open = BuildFilterHelper::buildset_complete(db, bs).await;
+    assert_eq!(open, 0, "buildset completes only with its last request");
+    assert_eq!(
+        s.complete_requests(a, &[r[1]], Results::Failure)
+            .await
+            .unwrap(),
+        vec![r[1]]
+    );
+    assert_eq!(BuildFilterHelper::buildset_complete(db, bs).await, 1);
+    assert_eq!(
+        db.scalar_i64(&format!("SELECT results FROM buildsets WHERE id = {bs}"))
+            .await,
+        Results::Failure.as_i64()
+    );
+    // A completed request cannot be claimed, renewed or unclaimed.
+    assert!(s.claim_requests(b, &r).await.unwrap().is_empty());
+    assert_eq!(s.renew_claims(a, &r).await.unwrap().lost, r);
+    assert!(s.unclaim(a, &r).await.unwrap().is_empty());
+}
+
+struct BuildFilterHelper;
+impl BuildFilterHelper {
+    async fn buildset_complete(db: &TestDb, bs: i64) -> i64 {
+        db.scalar_i64(&format!("SELECT complete FROM buildsets WHERE id = {bs}"))
+            .await
+    }
+}
+
+async fn renew_refreshes_and_reports_lost(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let b = master(&s, "b").await;
+    let bl = builder(&s, "unit").await;
+    let r = seed(&s, bl, 3, 0).await;
+    s.claim_requests(a, &r[..2]).await.unwrap();
+    let before = s
+        .get_request(r[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .claimed_at
+        .unwrap();
+    // r[1] is taken from us (given back, then claimed by b).
+    s.unclaim(a, &[r[1]]).await.unwrap();
+    s.claim_requests(b, &[r[1]]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let ren = s.renew_claims(a, &r).await.unwrap();
+    assert_eq!(ren.renewed, vec![r[0]]);
+    assert_eq!(ren.lost, vec![r[1], r[2]]);
+    let after = s
+        .get_request(r[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .claimed_at
+        .unwrap();
+    assert!(after > before, "{after} > {before}");
+    assert_eq!(
+        s.get_request(r[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .claimed_by_masterid,
+        Some(b)
+    );
+}
+
+async fn expired_lease_is_released_once(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let bl = builder(&s, "unit").await;
+    let w = s.ensure_worker("w1", &serde_json::json!({})).await.unwrap();
+    let r = seed(&s, bl, 3, 0).await;
+    s.claim_requests(a, &r[..2]).await.unwrap();
+    let build = s.start_build(a, r[0], bl, w).await.unwrap().unwrap();
+    outlive(SHORT).await;
+    s.claim_requests(a, &[r[2]]).await.unwrap();
+    s.renew_claims(a, &[r[1]]).await.unwrap();
+    assert_eq!(s.release_expired_claims(SHORT).await.unwrap(), vec![r[0]]);
+    assert!(s.release_expired_claims(SHORT).await.unwrap().is_empty());
+    let row = s.get_request(r[0]).await.unwrap().unwrap();
+    assert_eq!(row.claimed_by_masterid, None);
+    // The old owner's build is over (Retry) and the old owner is fenced off.
+    let b = s.get_build(build.id).await.unwrap().unwrap();
+    assert_eq!(b.results, Some(Results::Retry));
+    assert!(b.complete_at.is_some());
+    assert!(s.start_build(a, r[0], bl, w).await.unwrap().is_none());
+    assert!(
+        !s.finish_build(a, build.id, r[0], Results::Success, true)
+            .await
+            .unwrap()
+    );
+    assert!(!s.get_request(r[0]).await.unwrap().unwrap().complete);
+}
+
+async fn dead_master_is_reaped(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let b = master(&s, "b").await;
+    let bl = builder(&s, "unit").await;
+    let w = s.ensure_worker("w1", &serde_json::json!({})).await.unwrap();
+    let r = seed(&s, bl, 3, 0).await;
+    s.claim_requests(a, &r[..2]).await.unwrap();
+    s.claim_requests(b, &[r[2]]).await.unwrap();
+    let build = s.start_build(a, r[0], bl, w).await.unwrap().unwrap();
+    assert!(
+        s.claim_object(a, "scheduler", "nightly", SHORT * 60)
+            .await
+            .unwrap()
+    );
+    outlive(SHORT).await;
+    assert!(s.heartbeat(b).await.unwrap());
+    let rep = s.reap_dead_masters(SHORT).await.unwrap();
+    assert_eq!(rep.dead_masters, vec![a]);
+    assert_eq!(rep.released, vec![r[0], r[1]]);
+    assert!(!s.heartbeat(a).await.unwrap(), "a dead master learns it");
+    let flags = s.master_flags(a).await.unwrap().unwrap();
+    assert!(!flags.active);
+    assert_eq!(
+        s.get_build(build.id).await.unwrap().unwrap().results,
+        Some(Results::Retry)
+    );
+    assert_eq!(
+        s.get_request(r[2])
+            .await
+            .unwrap()
+            .unwrap()
+            .claimed_by_masterid,
+        Some(b)
+    );
+    let names: Vec<String> = s
+        .list_masters(false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, vec!["b".to_string()]);
+    assert_eq!(s.list_masters(true).await.unwrap().len(), 2);
+    // Its scheduler is free for others.
+    assert!(
+        s.claim_object(b, "scheduler", "nightly", SHORT * 60)
+            .await
+            .unwrap()
+    );
+    let rep = s.reap_dead_masters(SHORT).await.unwrap();
+    assert!(rep.dead_masters.is_empty() && rep.released.is_empty());
+}
+
+async fn two_reapers_race(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let dead = master(&s, "dead").await;
+    let bl = builder(&s, "unit").await;
+    let r = seed(&s, bl, 60, 0).await;
+    assert_eq!(s.claim_requests(dead, &r).await.unwrap().len(), 60);
+    let s1 = db.store().await;
+    let s2 = db.store().await;
+    let m1 = master(&s1, "reaper1").await;
+    let m2 = master(&s2, "reaper2").await;
+    outlive(SHORT).await;
+    s1.heartbeat(m1).await.unwrap();
+    s2.heartbeat(m2).await.unwrap();
+    let (a, b) = tokio::join!(s1.reap_dead_masters(SHORT), s2.reap_dead_masters(SHORT));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut dead_masters = a.dead_masters.clone();
+    dead_masters.extend(&b.dead_masters);
+    assert_eq!(
+        dead_masters,
+        vec![dead],
+        "exactly one reaper declares it dead"
+    );
+    let sa: BTreeSet<i64> = a.released.iter().copied().collect();
+    let sb: BTreeSet<i64> = b.released.iter().copied().collect();
+    assert!(sa.is_disjoint(&sb), "a request released twice");
+    assert_eq!(a.released.len() + b.released.len(), r.len());
+    let all: BTreeSet<i64> = sa.union(&sb).copied().collect();
+    assert_eq!(all, r.iter().copied().collect());
+    println!(
+        "reaper 1 released {}, reaper 2 released {}",
+        a.released.len(),
+        b.released.len()
+    );
+}
+
+async fn restart_releases_older_incarnation(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let old = s.register_master("m1").await.unwrap();
+    let other = master(&s, "m2").await;
+    let bl = builder(&s, "unit").await;
+    let r = seed(&s, bl, 3, 0).await;
+    s.claim_requests(old.id, &r[..2]).await.unwrap();
+    s.claim_requests(other, &[r[2]]).await.unwrap();
+    let new = s.register_master("m1").await.unwrap();
+    assert_ne!(new.id, old.id);
+    assert!(new.boot_time >= old.boot_time);
+    assert_ne!((new.boot_time, &new.nonce), (old.boot_time, &old.nonce));
+    assert_eq!(
+        s.release_older_incarnations(&new).await.unwrap(),
+        vec![r[0], r[1]]
+    );
+    assert!(!s.master_flags(old.id).await.unwrap().unwrap().active);
+    assert!(!s.heartbeat(old.id).await.unwrap());
+    assert!(s.heartbeat(new.id).await.unwrap());
+    assert_eq!(
+        s.get_request(r[2])
+            .await
+            .unwrap()
+            .unwrap()
+            .claimed_by_masterid,
+        Some(other)
+    );
+    assert!(s.release_older_incarnations(&new).await.unwrap().is_empty());
+    // The old incarnation does not release the new one.
+    let r2 = seed(&s, bl, 1, 0).await;
+    s.claim_requests(new.id, &r2).await.unwrap();
+    assert!(s.release_older_incarnations(&old).await.unwrap().is_empty());
+}
+
+async fn start_build_is_fenced(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let b = master(&s, "b").await;
+    let bl = builder(&s, "unit").await;
+    let w = s
+        .ensure_worker("w1", &serde_json::json!({"os": "linux"}))
+        .await
+        .unwrap();
+    let r = seed(&s, bl, 2, 0).await;
+    s.claim_requests(a, &r).await.unwrap();
+    assert!(s.start_build(b, r[0], bl, w).await.unwrap().is_none());
+    let b1 = s.start_build(a, r[0], bl, w).await.unwrap().unwrap();
+    assert_eq!(
+        (b1.number, b1.request_id, b1.master_id, b1.worker_id),
+        (1, r[0], a, w)
+    );
+    let b2 = s.start_build(a, r[1], bl, w).await.unwrap().unwrap();
+    assert_eq!(b2.number, 2);
+    s.complete_requests(a, &[r[1]], Results::Success)
+        .await
+        .unwrap();
+    assert!(s.start_build(a, r[1], bl, w).await.unwrap().is_none());
+}
+
+async fn finish_build_with_lost_claim(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let b = master(&s, "b").await;
+    let bl = builder(&s, "unit").await;
+    let w = s.ensure_worker("w1", &serde_json::json!({})).await.unwrap();
+    let r = seed(&s, bl, 2, 0).await;
+    s.claim_requests(a, &r).await.unwrap();
+    let lost = s.start_build(a, r[0], bl, w).await.unwrap().unwrap();
+    let kept = s.start_build(a, r[1], bl, w).await.unwrap().unwrap();
+    // r[0] goes to b behind a's back.
+    s.unclaim(a, &[r[0]]).await.unwrap();
+    s.claim_requests(b, &[r[0]]).await.unwrap();
+    assert!(
+        !s.finish_build(a, lost.id, r[0], Results::Success, true)
+            .await
+            .unwrap()
+    );
+    let info = s.get_build(lost.id).await.unwrap().unwrap();
+    assert_eq!(info.results, Some(Results::Retry));
+    assert!(info.complete_at.is_some());
+    let req = s.get_request(r[0]).await.unwrap().unwrap();
+    assert!(!req.complete);
+    assert_eq!(req.claimed_by_masterid, Some(b));
+    // The happy path completes both.
+    assert!(
+        s.finish_build(a, kept.id, r[1], Results::Failure, true)
+            .await
+            .unwrap()
+    );
+    let req = s.get_request(r[1]).await.unwrap().unwrap();
+    assert!(req.complete);
+    assert_eq!(req.results, Some(Results::Failure));
+    assert_eq!(
+        s.get_build(kept.id).await.unwrap().unwrap().results,
+        Some(Results::Failure)
+    );
+}
+
+async fn finish_build_without_completing_requeues(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let b = master(&s, "b").await;
+    let bl = builder(&s, "unit").await;
+    let w = s.ensure_worker("w1", &serde_json::json!({})).await.unwrap();
+    let r = seed(&s, bl, 1, 0).await;
+    s.claim_requests(a, &r).await.unwrap();
+    let build = s.start_build(a, r[0], bl, w).await.unwrap().unwrap();
+    assert!(
+        s.finish_build(a, build.id, r[0], Results::Retry, false)
+            .await
+            .unwrap()
+    );
+    let req = s.get_request(r[0]).await.unwrap().unwrap();
+    assert!(!req.complete);
+    assert_eq!(req.claimed_by_masterid, None);
+    assert_eq!(
+        s.get_build(build.id).await.unwrap().unwrap().results,
+        Some(Results::Retry)
+    );
+    assert_eq!(s.pick_and_claim(b, &[bl], 5).await.unwrap(), r);
+    let again = s.start_build(b, r[0], bl, w).await.unwrap().unwrap();
+    assert_eq!(again.number, 2);
+}
+
+async fn pick_orders_by_priority_then_age(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let x = builder(&s, "x").await;
+    let y = builder(&s, "y").await;
+    let old_low = seed(&s, x, 1, 0).await[0];
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let high = seed(&s, x, 1, 10).await[0];
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let new_low = seed(&s, x, 1, 0).await[0];
+    let other_builder = seed(&s, y, 1, 100).await[0];
+    let taken = seed(&s, x, 1, 50).await[0];
+    s.claim_requests(a, &[taken]).await.unwrap();
+    assert_eq!(s.pick_and_claim(a, &[x], 1).await.unwrap(), vec![high]);
+    assert_eq!(s.pick_and_claim(a, &[x], 1).await.unwrap(), vec![old_low]);
+    assert_eq!(s.pick_and_claim(a, &[x], 5).await.unwrap(), vec![new_low]);
+    assert!(s.pick_and_claim(a, &[x], 5).await.unwrap().is_empty());
+    assert!(s.pick_and_claim(a, &[], 5).await.unwrap().is_empty());
+    assert!(s.pick_and_claim(a, &[y], 0).await.unwrap().is_empty());
+    assert_eq!(
+        s.pick_and_claim(a, &[x, y], 5).await.unwrap(),
+        vec![other_builder]
+    );
+}
+
+async fn pick_per_builder(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let b = master(&s, "b").await;
+    let x = builder(&s, "x").await;
+    let y = builder(&s, "y").await;
+    let z = builder(&s, "z").await;
+    let rx = seed(&s, x, 3, 0).await;
+    let ry = seed(&s, y, 3, 0).await;
+    let got = s
+        .pick_and_claim_per_builder(a, &[(x, 2), (y, 5), (z, 4)])
+        .await
+        .unwrap();
+    let mut want: Vec<(i64, i64)> = rx[..2].iter().map(|id| (*id, x)).collect();
+    want.extend(ry.iter().map(|id| (*id, y)));
+    assert_eq!(got, want);
+    let got = s
+        .pick_and_claim_per_builder(b, &[(x, 5), (y, 5)])
+        .await
+        .unwrap();
+    assert_eq!(got, vec![(rx[2], x)]);
+    assert!(
+        s.pick_and_claim_per_builder(b, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn add_buildset_creates_requests(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let ids = s
+        .ensure_builders(&["unit".to_string(), "lint".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    // Idempotent, also concurrently.
+    let s2 = db.store().await;
+    let names = vec!["unit".to_string(), "lint".to_string(), "docs".to_string()];
+    let (i1, i2) = tokio::join!(s.ensure_builders(&names), s2.ensure_builders(&names));
+    let (i1, i2) = (i1.unwrap(), i2.unwrap());
+    assert_eq!(i1, i2);
+    assert_eq!(i1["unit"], ids["unit"]);
+    let mut props = BTreeMap::new();
+    props.insert("owner".to_string(), serde_json::json!("alice"));
+    props.insert("n".to_string(), serde_json::json!([1, 2]));
+    let stamps = vec![
+        SourceStamp {
+            repository: "https://example.com/r.git".into(),
+            branch: Some("main".into()),
+            revision: Some("abc123".into()),
+            project: "p".into(),
+            codebase: "".into(),
+            patch: Some(Patch {
+                body: b"--- a\n+++ b\n\xff".to_vec(),
+                level: 1,
+                subdir: Some("sub".into()),
+                author: "bob".into(),
+                comment: "try".into(),
+            }),
+        },
+        SourceStamp {
+            repository: "https://example.com/lib.git".into(),
+            codebase: "lib".into(),
+            ..Default::default()
+        },
+    ];
+    let (bs, reqs) = s
+        .add_buildset(&NewBuildset {
+            reason: "force".into(),
+            external_idstring: Some("ext-1".into()),
+            scheduler: Some("force".into()),
+            sourcestamps: stamps.clone(),
+            properties: props.clone(),
+            builders: vec![(ids["unit"], 3), (ids["lint"], 0)],
+            parent_buildid: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(reqs.len(), 2);
+    let details = s.request_details(&reqs).await.unwrap();
+    assert_eq!(details.len(), 2);
+    assert_eq!(details[0].id, reqs[0]);
+    assert_eq!(details[0].buildset_id, bs);
+    assert_eq!(details[0].builder, "unit");
+    assert_eq!(details[0].builder_id, ids["unit"]);
+    assert_eq!(details[0].priority, 3);
+    assert_eq!(details[0].reason, "force");
+    assert_eq!(details[0].sourcestamps, stamps);
+    assert_eq!(details[0].properties, props);
+    assert_eq!(details[1].builder, "lint");
+    let listed = s
+        .list_requests(&RequestFilter {
+            buildset_id: Some(bs),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed
+            .iter()
+            .all(|r| !r.complete && r.claimed_by_master.is_none())
+    );
+    let change = s
+        .add_change(&NewChange {
+            author: "alice".into(),
+            comments: "fix".into(),
+            branch: Some("main".into()),
+            revision: Some("abc".into()),
+            repository: "r".into(),
+            files: vec!["a.rs".into()],
+            when: Some(chrono::Utc::now()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let change2 = s.add_change(&NewChange::default()).await.unwrap();
+    assert!(change2 > change);
+}
+
+async fn cancel_pending_request(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let bl = builder(&s, "unit").await;
+    let r = seed(&s, bl, 2, 0).await;
+    s.claim_requests(a, &[r[1]]).await.unwrap();
+    assert!(s.cancel_pending_request(r[0]).await.unwrap());
+    assert!(!s.cancel_pending_request(r[0]).await.unwrap());
+    assert!(!s.cancel_pending_request(r[1]).await.unwrap(), "claimed");
+    let row = s.get_request(r[0]).await.unwrap().unwrap();
+    assert!(row.complete);
+    assert_eq!(row.results, Some(Results::Cancelled));
+    assert!(s.pick_and_claim(a, &[bl], 5).await.unwrap().is_empty());
+}
+
+async fn steps_and_logs(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let bl = builder(&s, "unit").await;
+    let w = s.ensure_worker("w1", &serde_json::json!({})).await.unwrap();
+    let r = seed(&s, bl, 1, 0).await;
+    s.claim_requests(a, &r).await.unwrap();
+    let build = s.start_build(a, r[0], bl, w).await.unwrap().unwrap();
+    let st0 = s.add_step(build.id, 0, "checkout").await.unwrap();
+    let st1 = s.add_step(build.id, 1, "test").await.unwrap();
+    assert_eq!(s.add_step(build.id, 1, "test").await.unwrap(), st1);
+    let steps = s.list_steps(build.id).await.unwrap();
+    assert_eq!(steps.len(), 2);
+    assert!(steps[0].started_at.is_none());
+    s.start_step(st0).await.unwrap();
+    let log = s.create_log(st0, "stdio").await.unwrap();
+    assert_eq!(s.create_log(st0, "stdio").await.unwrap(), log);
+    s.append_log_chunk(log, 0, b"hello ").await.unwrap();
+    s.append_log_chunk(log, 2, b"!\n").await.unwrap();
+    s.append_log_chunk(log, 1, b"world").await.unwrap();
+    s.append_log_chunk(log, 1, b"world").await.unwrap();
+    assert_eq!(s.read_log(log).await.unwrap(), b"hello world!\n");
+    assert_eq!(
+        s.step_log_id(build.id, 0, "stdio").await.unwrap(),
+        Some(log)
+    );
+    assert_eq!(s.step_log_id(build.id, 1, "stdio").await.unwrap(), None);
+    s.finish_step(st0, Results::Success, "checked out")
+        .await
+        .unwrap();
+    let steps = s.list_steps(build.id).await.unwrap();
+    assert_eq!(steps[0].results, Some(Results::Success));
+    assert_eq!(steps[0].state_string, "checked out");
+    assert!(steps[0].started_at.is_some() && steps[0].complete_at.is_some());
+    assert_eq!(steps[1].name, "test");
+    assert!(steps[1].results.is_none());
+    assert!(s.read_log(987_654).await.unwrap().is_empty());
+}
+
+async fn masters_flags_and_listing(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let before = s.db_now().await.unwrap();
+    let m = s.register_master("m1").await.unwrap();
+    assert!(m.active && !m.draining);
+    assert!(m.boot_time >= before && m.boot_time <= s.db_now().await.unwrap());
+    assert_eq!(m.boot_time, m.last_active);
+    s.set_draining(m.id, true).await.unwrap();
+    assert!(s.master_flags(m.id).await.unwrap().unwrap().draining);
+    assert_eq!(s.set_draining_by_name("m1", false).await.unwrap(), 1);
+    assert!(!s.master_flags(m.id).await.unwrap().unwrap().draining);
+    assert_eq!(s.set_draining_by_name("nobody", true).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(s.heartbeat(m.id).await.unwrap());
+    let m2 = s.master_flags(m.id).await.unwrap().unwrap();
+    assert!(m2.last_active > m.last_active);
+    assert!(s.master_flags(987_654).await.unwrap().is_none());
+    let json = serde_json::to_value(&m2).unwrap();
+    assert!(json["boot_time"].as_str().unwrap().contains('T'));
+    // Clean exit gives everything back.
+    let bl = builder(&s, "unit").await;
+    let w = s.ensure_worker("w", &serde_json::json!({})).await.unwrap();
+    let r = seed(&s, bl, 2, 0).await;
+    s.claim_requests(m.id, &r).await.unwrap();
+    let build = s.start_build(m.id, r[0], bl, w).await.unwrap().unwrap();
+    s.claim_object(m.id, "poller", "git", SHORT * 60)
+        .await
+        .unwrap();
+    s.deactivate_master(m.id).await.unwrap();
+    assert!(!s.heartbeat(m.id).await.unwrap());
+    assert!(s.list_masters(false).await.unwrap().is_empty());
+    assert_eq!(
+        s.get_request(r[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .claimed_by_masterid,
+        None
+    );
+    assert_eq!(
+        s.get_request(r[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .claimed_by_masterid,
+        None
+    );
+    assert_eq!(
+        s.get_build(build.id).await.unwrap().unwrap().results,
+        Some(Results::Retry)
+    );
+    assert_eq!(s.object_owner("poller", "git").await.unwrap(), None);
+}
+
+async fn object_ownership(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let b = master(&s, "b").await;
+    let lease = SHORT;
+    assert!(s.claim_object(a, "scheduler", "main", lease).await.unwrap());
+    assert!(!s.claim_object(b, "scheduler", "main", lease).await.unwrap());
+    assert!(
+        s.claim_object(a, "scheduler", "main", lease).await.unwrap(),
+        "renew"
+    );
+    assert!(
+        s.claim_object(b, "scheduler", "other", lease)
+            .await
+            .unwrap()
+    );
+    outlive(lease).await;
+    // a did not renew: b may take it; then a may not.
+    assert!(s.claim_object(b, "scheduler", "main", lease).await.unwrap());
+    assert!(!s.claim_object(a, "scheduler", "main", lease).await.unwrap());
+    assert_eq!(s.object_owner("scheduler", "main").await.unwrap(), Some(b));
+    assert_eq!(s.release_objects(b).await.unwrap(), 2);
+    assert!(s.claim_object(a, "scheduler", "main", lease).await.unwrap());
+    // Owned by an inactive master: free at once.
+    s.deactivate_master(a).await.unwrap();
+    assert!(
+        !s.claim_object(a, "scheduler", "x", lease).await.unwrap(),
+        "inactive"
+    );
+    assert!(s.claim_object(b, "scheduler", "main", lease).await.unwrap());
+}
+
+async fn object_state(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    assert_eq!(s.get_state("sched", "last").await.unwrap(), None);
+    let v = serde_json::json!({"rev": "abc", "n": [1, 2, 3]});
+    s.set_state("sched", "last", &v).await.unwrap();
+    assert_eq!(s.get_state("sched", "last").await.unwrap(), Some(v));
+    s.set_state("sched", "last", &serde_json::json!(7))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_state("sched", "last").await.unwrap(),
+        Some(serde_json::json!(7))
+    );
+}
+
+async fn reads_and_counts(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let x = builder(&s, "x").await;
+    let y = builder(&s, "y").await;
+    let w = s.ensure_worker("w1", &serde_json::json!({})).await.unwrap();
+    let rx = seed(&s, x, 3, 0).await;
+    seed(&s, y, 1, 0).await;
+    s.claim_requests(a, &rx[..2]).await.unwrap();
+    let b1 = s.start_build(a, rx[0], x, w).await.unwrap().unwrap();
+    s.complete_requests(a, &[rx[1]], Results::Success)
+        .await
+        .unwrap();
+    let counts = s.builder_counts().await.unwrap();
+    let by: BTreeMap<_, _> = counts
+        .iter()
+        .map(|c| (c.name.as_str(), (c.pending, c.running)))
+        .collect();
+    assert_eq!(by["x"], (1, 1));
+    assert_eq!(by["y"], (1, 0));
+    let pending = s
+        .list_requests(&RequestFilter {
+            complete: Some(false),
+            builder: Some("x".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![rx[2], rx[0]],
+        "newest first"
+    );
+    let page = s
+        .list_requests(&RequestFilter {
+            limit: 1,
+            offset: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    let json = serde_json::to_value(&pending[1]).unwrap();
+    assert_eq!(json["claimed_by_master"], "a");
+    assert_eq!(json["builder"], "x");
+    let done = s.get_request(rx[1]).await.unwrap().unwrap();
+    assert_eq!(serde_json::to_value(&done).unwrap()["results"], "success");
+    let builds = s
+        .list_builds(&BuildFilter {
+            builder: Some("x".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(builds.len(), 1);
+    let info = &builds[0];
+    assert_eq!(
+        (info.id, info.number, info.buildrequest_id),
+        (b1.id, 1, rx[0])
+    );
+    assert_eq!(
+        (info.master.as_str(), info.worker.as_deref()),
+        ("a", Some("w1"))
+    );
+    assert_eq!(info.started_at, b1.started_at);
+    assert!(info.complete_at.is_none() && info.results.is_none());
+    assert!(
+        s.list_builds(&BuildFilter {
+            request_id: Some(rx[2]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    assert!(s.get_build(987_654).await.unwrap().is_none());
+}
