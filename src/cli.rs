@@ -189,6 +189,9 @@ pub struct TryArgs {
     pub baserev: Option<String>,
     #[arg(long)]
     pub branch: Option<String>,
+    /// Repository to check out (default: the `try` scheduler's).
+    #[arg(long)]
+    pub repository: Option<String>,
     #[arg(long)]
     pub wait: bool,
 }

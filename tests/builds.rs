@@ -60,7 +60,7 @@ async fn fifty_builds_on_two_masters_and_three_workers_each_complete_once() {
         );
     }
     // The database agrees: every request complete exactly once, one successful build each.
-    let mut conn = cluster.db.connect().await;
+    let mut conn = cluster.connect_db().await;
     let rows = sqlx::query(
         "SELECT r.id, CAST(r.complete AS SIGNED) AS complete, COUNT(b.id) AS builds \
          FROM buildrequests r LEFT JOIN builds b ON b.buildrequestid = r.id GROUP BY r.id, r.complete",
@@ -239,7 +239,7 @@ workers = ["w1"]
     let log = cluster.step_log(0, build, 0).await;
     assert!(log.len() > 24_000_000, "log is {} bytes", log.len());
     assert!(log.contains("tail-marker"));
-    let mut conn = cluster.db.connect().await;
+    let mut conn = cluster.connect_db().await;
     let chunks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM logchunks")
         .fetch_one(&mut conn)
         .await

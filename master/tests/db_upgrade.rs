@@ -65,6 +65,41 @@ async fn refuses_newer_database(backend: Backend) {
     ));
 }
 
+/// A database one migration behind gets exactly that migration.
+async fn upgrades_an_older_schema(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = db.upgraded_store().await;
+    let latest = s.schema_status().await.unwrap().latest;
+    // Roll the last migration (0019, an index) back by hand.
+    db.exec(match backend {
+        Backend::MySql => "DROP INDEX sourcestamps_created ON sourcestamps",
+        Backend::Sqlite => "DROP INDEX sourcestamps_created",
+    })
+    .await;
+    db.exec(&format!(
+        "DELETE FROM _sqlx_migrations WHERE version = {latest}"
+    ))
+    .await;
+    let st = s.schema_status().await.unwrap();
+    assert_eq!(st.current, Some(latest - 1));
+    assert_eq!(st.pending.len(), 1);
+    assert_eq!(s.upgrade().await.unwrap(), vec![latest]);
+    s.ensure_current().await.unwrap();
+    let fresh = TestDb::new(backend).await;
+    fresh.upgraded_store().await;
+    assert_eq!(db.schema_dump().await, fresh.schema_dump().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_upgrades_an_older_schema() {
+    upgrades_an_older_schema(Backend::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_upgrades_an_older_schema() {
+    upgrades_an_older_schema(Backend::Sqlite).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_upgrade_twice_and_concurrently() {
     twice_then_four_at_once(Backend::MySql).await;

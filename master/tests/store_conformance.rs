@@ -886,3 +886,59 @@ async fn reads_and_counts(db: &TestDb) {
     );
     assert!(s.get_build(987_654).await.unwrap().is_none());
 }
+
+/// Every store future must be `Send`, so masters can spawn them on tokio.
+/// Compiling is the test.
+#[allow(dead_code, clippy::let_underscore_future)]
+fn store_futures_are_send(s: flotilla_master::db::Store, m: flotilla_master::db::MasterRow) {
+    fn send<T: Send>(_: T) {}
+    let d = Duration::from_secs(1);
+    let v = serde_json::json!({});
+    send(flotilla_master::db::Store::connect("sqlite::memory:"));
+    send(s.close());
+    send(s.upgrade());
+    send(s.schema_status());
+    send(s.ensure_current());
+    send(s.db_now());
+    send(s.register_master("m"));
+    send(s.heartbeat(1));
+    send(s.set_draining(1, true));
+    send(s.set_draining_by_name("m", true));
+    send(s.master_flags(1));
+    send(s.deactivate_master(1));
+    send(s.list_masters(true));
+    send(s.release_older_incarnations(&m));
+    send(s.reap_dead_masters(d));
+    send(s.release_expired_claims(d));
+    send(s.ensure_builders(&[]));
+    send(s.ensure_worker("w", &v));
+    send(s.add_change(&NewChange::default()));
+    send(s.add_buildset(&NewBuildset::default()));
+    send(s.request_details(&[]));
+    send(s.claim_requests(1, &[]));
+    send(s.pick_and_claim(1, &[], 1));
+    send(s.pick_and_claim_per_builder(1, &[]));
+    send(s.renew_claims(1, &[]));
+    send(s.unclaim(1, &[]));
+    send(s.complete_requests(1, &[], Results::Success));
+    send(s.cancel_pending_request(1));
+    send(s.start_build(1, 1, 1, 1));
+    send(s.finish_build(1, 1, 1, Results::Success, true));
+    send(s.add_step(1, 0, "s"));
+    send(s.start_step(1));
+    send(s.finish_step(1, Results::Success, ""));
+    send(s.create_log(1, "l"));
+    send(s.append_log_chunk(1, 0, b""));
+    send(s.read_log(1));
+    send(s.step_log_id(1, 0, "l"));
+    send(s.list_requests(&RequestFilter::default()));
+    send(s.get_request(1));
+    send(s.list_builds(&BuildFilter::default()));
+    send(s.get_build(1));
+    send(s.list_steps(1));
+    send(s.builder_counts());
+    send(s.get_state("o", "n"));
+    send(s.set_state("o", "n", &v));
+    send(s.claim_object(1, "k", "n", d));
+    send(s.release_objects(1));
+}

@@ -114,7 +114,7 @@ pub async fn status(api: &ApiClient, a: StatusArgs) -> i32 {
         ),
         StatusWhat::Builders => (
             "/api/v1/builders",
-            &["name", "pending", "running", "workers"],
+            &["name", "pending", "running", "last_results", "workers"],
         ),
         StatusWhat::Requests => (
             "/api/v1/buildrequests?complete=false",

@@ -2,8 +2,10 @@
 
 mod client_cmds;
 mod db;
+mod janitor;
 mod quickstart;
 mod servers;
+mod try_cmd;
 mod wait;
 
 use std::path::Path;
@@ -27,14 +29,9 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Status(a) => client_cmds::status(&api, a).await,
         Command::Drain(a) => client_cmds::drain(&api, &a.master_name, true).await,
         Command::Undrain(a) => client_cmds::drain(&api, &a.master_name, false).await,
-        Command::Try(_) => not_yet("try"),
-        Command::Janitor(_) => not_yet("janitor"),
+        Command::Try(a) => try_cmd::run(&api, a).await,
+        Command::Janitor(a) => janitor::run(a).await,
     }
-}
-
-fn not_yet(what: &str) -> i32 {
-    eprintln!("flotilla: `{what}` is not yet available in this version");
-    exit::USAGE
 }
 
 /// Loads the cluster file, printing the error and giving exit 78 on failure.

@@ -159,7 +159,7 @@ pub async fn worker(a: WorkerArgs) -> i32 {
         password,
         basedir: a.basedir,
         heartbeat_interval: Duration::from_secs(5),
-        max_backoff: Duration::from_secs(30),
+        max_backoff: Duration::from_secs(10),
     };
     match flotilla_worker::run(opts, signals.graceful.clone()).await {
         Ok(()) => exit::OK,

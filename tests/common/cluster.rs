@@ -80,6 +80,9 @@ pub struct ClusterSpec {
     pub builders_toml: String,
     pub heartbeat_interval: &'static str,
     pub master_timeout: &'static str,
+    pub shutdown_grace: &'static str,
+    /// A database of the test's own (e.g. on a private server); default: a fresh one on the shared server.
+    pub database_url: Option<String>,
 }
 
 impl ClusterSpec {
@@ -92,6 +95,8 @@ impl ClusterSpec {
             builders_toml: builders_toml.to_owned(),
             heartbeat_interval: "500ms",
             master_timeout: "4s",
+            shutdown_grace: "20s",
+            database_url: None,
         }
     }
 
@@ -116,7 +121,8 @@ pub struct MasterProc {
 #[derive(Debug)]
 pub struct Cluster {
     pub dir: tempfile::TempDir,
-    pub db: TestDb,
+    pub db: Option<TestDb>,
+    pub db_url: String,
     pub config: PathBuf,
     pub spec: ClusterSpec,
     pub gateway_port: u16,
@@ -124,18 +130,28 @@ pub struct Cluster {
     pub masters: Vec<MasterProc>,
     pub workers: Vec<Option<Proc>>,
     pub http: reqwest::Client,
+    /// Processes that were replaced (kept for their logs).
+    pub retired: Vec<Proc>,
+    boots: usize,
 }
 
 impl Cluster {
     pub async fn start(prefix: &str, spec: ClusterSpec) -> Cluster {
-        let db = TestDb::create(prefix).await;
+        let (db, db_url) = match &spec.database_url {
+            Some(url) => (None, url.clone()),
+            None => {
+                let db = TestDb::create(prefix).await;
+                let url = db.url.clone();
+                (Some(db), url)
+            }
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let gateway_port = free_port();
         let mut toml = format!(
             "[database]\nurl = \"{}\"\n\n[cluster]\nheartbeat_interval = \"{}\"\nmaster_timeout = \"{}\"\n\
-             claim_renew_interval = \"2s\"\nclaim_lease = \"60s\"\nshutdown_grace = \"20s\"\npoll_interval = \"200ms\"\n\n\
+             claim_renew_interval = \"2s\"\nclaim_lease = \"60s\"\nshutdown_grace = \"{}\"\npoll_interval = \"200ms\"\n\n\
              [gateway]\nlisten = \"127.0.0.1:{gateway_port}\"\n\n",
-            db.url, spec.heartbeat_interval, spec.master_timeout
+            db_url, spec.heartbeat_interval, spec.master_timeout, spec.shutdown_grace
         );
         for (name, _) in &spec.workers {
             toml.push_str(&format!(
@@ -154,6 +170,7 @@ impl Cluster {
         let mut c = Cluster {
             dir,
             db,
+            db_url,
             config,
             spec: spec.clone(),
             gateway_port,
@@ -161,6 +178,8 @@ impl Cluster {
             masters: Vec::new(),
             workers: Vec::new(),
             http: reqwest::Client::new(),
+            retired: Vec::new(),
+            boots: 0,
         };
         c.start_gateway();
         for i in 0..spec.masters {
@@ -187,11 +206,23 @@ impl Cluster {
             "--config".to_owned(),
             self.config.display().to_string(),
         ];
-        self.gateway = Some(Proc::spawn("gateway", &args, &[], self.dir.path()));
+        self.boots += 1;
+        let name = format!("gateway-boot{}", self.boots);
+        self.gateway = Some(Proc::spawn(&name, &args, &[], self.dir.path()));
     }
 
     pub fn start_master(&mut self, name: &str) -> usize {
         let http = free_port();
+        let proc = self.spawn_master(name, http);
+        self.masters.push(MasterProc {
+            proc,
+            name: name.to_owned(),
+            http,
+        });
+        self.masters.len() - 1
+    }
+
+    fn spawn_master(&mut self, name: &str, http: u16) -> Proc {
         let args = vec![
             "master".to_owned(),
             "--config".to_owned(),
@@ -201,14 +232,35 @@ impl Cluster {
             "--http".to_owned(),
             format!("127.0.0.1:{http}"),
         ];
-        let log_name = format!("master-{name}-{}", self.masters.len());
-        let proc = Proc::spawn(&log_name, &args, &[], self.dir.path());
-        self.masters.push(MasterProc {
-            proc,
-            name: name.to_owned(),
-            http,
-        });
-        self.masters.len() - 1
+        self.boots += 1;
+        let log_name = format!("master-{name}-boot{}", self.boots);
+        Proc::spawn(&log_name, &args, &[], self.dir.path())
+    }
+
+    /// Starts master `i` again (same name and HTTP port) after it exited or was killed.
+    pub fn restart_master(&mut self, i: usize) {
+        let (name, http) = (self.masters[i].name.clone(), self.masters[i].http);
+        let proc = self.spawn_master(&name, http);
+        let old = std::mem::replace(&mut self.masters[i].proc, proc);
+        self.retired.push(old);
+    }
+
+    pub fn kill9_master(&mut self, i: usize) {
+        self.masters[i].proc.kill9();
+    }
+
+    pub fn signal_master(&self, i: usize, sig: nix::sys::signal::Signal) {
+        self.masters[i].proc.signal(sig);
+    }
+
+    /// kill -9 the gateway and start it again on the same port.
+    pub fn restart_gateway(&mut self, down_for: Duration) {
+        if let Some(mut g) = self.gateway.take() {
+            g.kill9();
+            self.retired.push(g);
+        }
+        std::thread::sleep(down_for);
+        self.start_gateway();
     }
 
     pub fn spawn_worker(&self, i: usize) -> Proc {
@@ -309,20 +361,22 @@ impl Cluster {
         .await;
     }
 
-    /// Workers attached to any running master.
+    /// Workers attached to any running master (each master lists the whole
+    /// cluster's workers, so they are counted once by name).
     pub async fn connected_workers(&self) -> usize {
-        let mut n = 0;
+        let mut names = std::collections::HashSet::new();
         for i in 0..self.masters.len() {
             if let Some(Value::Array(ws)) =
                 self.get(&format!("{}/api/v1/workers", self.api(i))).await
             {
-                n += ws
-                    .iter()
-                    .filter(|w| w["connected"] == Value::Bool(true))
-                    .count();
+                names.extend(
+                    ws.iter()
+                        .filter(|w| w["connected"] == Value::Bool(true))
+                        .filter_map(|w| w["name"].as_str().map(str::to_owned)),
+                );
             }
         }
-        n
+        names.len()
     }
 
     /// Forces one build through master `m`'s API; returns the request id.
@@ -379,6 +433,13 @@ impl Cluster {
         .unwrap_or_default()
     }
 
+    pub async fn connect_db(&self) -> sqlx::mysql::MySqlConnection {
+        use sqlx::Connection;
+        sqlx::mysql::MySqlConnection::connect(&self.db_url)
+            .await
+            .expect("connect to the test database")
+    }
+
     /// Every process's output, for a failing test.
     pub fn dump(&self) -> String {
         let mut out = String::new();
@@ -386,7 +447,8 @@ impl Cluster {
             .gateway
             .iter()
             .chain(self.masters.iter().map(|m| &m.proc))
-            .chain(self.workers.iter().flatten());
+            .chain(self.workers.iter().flatten())
+            .chain(self.retired.iter());
         for p in procs {
             let text = p.output();
             let tail: Vec<&str> = text.lines().rev().take(60).collect();

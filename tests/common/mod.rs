@@ -5,12 +5,17 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod database;
+pub mod ledger;
+pub mod mariadb;
 
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use cluster::{Cluster, ClusterSpec};
+#[allow(unused_imports)]
 pub use database::TestDb;
 
 /// The binary under test.

@@ -7,6 +7,7 @@
 
 mod duration;
 mod model;
+mod scheduling;
 
 use std::path::{Path, PathBuf};
 
@@ -38,7 +39,14 @@ pub enum ConfigError {
 }
 
 const ENV_PREFIX: &str = "FLOTILLA_";
-const SECTIONS: &[&str] = &["database", "cluster", "gateway", "api", "hooks"];
+const SECTIONS: &[&str] = &[
+    "database",
+    "cluster",
+    "gateway",
+    "api",
+    "hooks",
+    "retention",
+];
 
 impl ClusterConfig {
     /// Loads `path`, applies environment overrides from the process
@@ -167,7 +175,7 @@ impl ClusterConfig {
                 }
             }
             for (j, s) in b.steps.iter().enumerate() {
-                if s.command.is_empty() {
+                if s.kind == "shell" && s.command.is_empty() {
                     return Err(invalid(
                         format!("builders[{i}].steps[{j}].command"),
                         "must not be empty".into(),
@@ -205,7 +213,7 @@ impl ClusterConfig {
                 }
             }
         }
-        Ok(())
+        self.validate_scheduling(path)
     }
 
     pub fn builder(&self, name: &str) -> Option<&BuilderConfig> {

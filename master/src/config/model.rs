@@ -28,6 +28,12 @@ pub struct ClusterConfig {
     pub builders: Vec<BuilderConfig>,
     #[serde(default)]
     pub schedulers: Vec<SchedulerConfig>,
+    /// `[[change_sources]]`: pollers that turn new commits into changes.
+    #[serde(default)]
+    pub change_sources: Vec<ChangeSourceConfig>,
+    /// `[retention]`: how long the janitor keeps old data.
+    #[serde(default)]
+    pub retention: RetentionConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -196,7 +202,22 @@ pub struct BuilderConfig {
 #[serde(deny_unknown_fields)]
 pub struct StepConfig {
     pub name: String,
+    /// What the step does: `shell` (default: run `command`), `git` (check out
+    /// the source stamp and apply a try patch), `trigger` (start `schedulers`).
+    #[serde(default = "default_step_kind")]
+    pub kind: String,
+    /// The command of a `shell` step.
+    #[serde(default)]
     pub command: Vec<String>,
+    /// `git` steps: the repository to check out instead of the source stamp's.
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// `trigger` steps: the triggerable schedulers to start.
+    #[serde(default)]
+    pub schedulers: Vec<String>,
+    /// `trigger` steps: wait for the triggered builds and fail when they fail.
+    #[serde(default)]
+    pub wait_for_finish: bool,
     #[serde(default)]
     pub timeout: Option<Dur>,
     #[serde(default)]
@@ -211,6 +232,13 @@ pub struct StepConfig {
 fn yes() -> bool {
     true
 }
+
+fn default_step_kind() -> String {
+    "shell".to_owned()
+}
+
+/// The step kinds the cluster file may name.
+pub const STEP_KINDS: &[&str] = &["shell", "git", "trigger"];
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -239,7 +267,37 @@ pub struct SchedulerConfig {
     pub priority: i32,
     #[serde(default)]
     pub properties: BTreeMap<String, toml::Value>,
+    /// The repository of the source stamps this scheduler makes when no
+    /// change names one (periodic, nightly, try).
+    #[serde(default)]
+    pub repository: Option<String>,
 }
+
+/// A change source (`[[change_sources]]`); each runs on one master at a time.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeSourceConfig {
+    pub name: String,
+    /// Only `git` for now: poll a repository for new commits.
+    pub kind: String,
+    /// A local path or a URL `git` can fetch from.
+    pub repository: String,
+    /// Branches to follow; empty means every branch.
+    #[serde(default)]
+    pub branches: Vec<String>,
+    /// How often to poll (default 1 minute).
+    #[serde(default)]
+    pub poll_interval: Option<Dur>,
+    #[serde(default)]
+    pub project: String,
+    #[serde(default)]
+    pub codebase: String,
+    #[serde(default)]
+    pub category: Option<String>,
+}
+
+/// The change source kinds the cluster file may name.
+pub const CHANGE_SOURCE_KINDS: &[&str] = &["git"];
 
 /// The scheduler kinds the cluster file may name.
 pub const SCHEDULER_KINDS: &[&str] = &[
@@ -252,3 +310,49 @@ pub const SCHEDULER_KINDS: &[&str] = &[
     "triggerable",
     "dependent",
 ];
+
+/// `[retention]`: horizons past which the janitor deletes old data. A
+/// horizon left out keeps that data forever; with none set the periodic
+/// janitor does nothing.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Step log contents of builds finished longer ago than this.
+    pub logs: Option<Dur>,
+    /// Builds (with steps and logs) finished longer ago than this.
+    pub builds: Option<Dur>,
+    /// Completed buildsets, their requests, properties and source stamps.
+    pub requests: Option<Dur>,
+    /// Changes recorded longer ago than this.
+    pub changes: Option<Dur>,
+    /// How often the master that owns the janitor runs it.
+    pub interval: Dur,
+    /// Rows per delete statement.
+    pub batch_size: u32,
+    /// Pause between batches, so clean-up never crowds out the claim path.
+    pub pause: Dur,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            logs: None,
+            builds: None,
+            requests: None,
+            changes: None,
+            interval: Dur::secs(3600),
+            batch_size: 1000,
+            pause: Dur::millis(20),
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// Whether any horizon is set.
+    pub fn enabled(&self) -> bool {
+        self.logs.is_some()
+            || self.builds.is_some()
+            || self.requests.is_some()
+            || self.changes.is_some()
+    }
+}

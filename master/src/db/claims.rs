@@ -173,6 +173,7 @@ impl Store {
         if builder_ids.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
+        let wanted = limit;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // Room for the candidates of masters picking at the same moment.
         let overfetch = limit.saturating_mul(PICK_OVERFETCH).max(limit + 8);
@@ -199,18 +200,30 @@ impl Store {
                 if candidates.is_empty() {
                     break;
                 }
-                let sql = format!(
-                    "SELECT id FROM buildrequests \
-                     WHERE id IN ({}) AND complete = 0 AND claimed_by_masterid IS NULL \
-                     ORDER BY priority DESC, submitted_at, id LIMIT ?{}",
-                    placeholders(candidates.len()),
-                    d.skip_locked()
-                );
-                let mut q = sqlx::query_scalar(AssertSqlSafe(sql));
-                for id in &candidates {
-                    q = q.bind(id);
+                // Lock in candidate order, only as many as still wanted: no
+                // ORDER BY here, which would tempt the optimiser into a
+                // queue-wide scan in priority order.
+                let mut rest: &[i64] = &candidates;
+                while !rest.is_empty() {
+                    let want = wanted - won.len();
+                    if want == 0 {
+                        break;
+                    }
+                    let (chunk, tail) = rest.split_at(want.min(rest.len()));
+                    rest = tail;
+                    let sql = format!(
+                        "SELECT id FROM buildrequests \
+                         WHERE id IN ({}) AND complete = 0 AND claimed_by_masterid IS NULL{}",
+                        placeholders(chunk.len()),
+                        d.skip_locked()
+                    );
+                    let mut q = sqlx::query_scalar(AssertSqlSafe(sql));
+                    for id in chunk {
+                        q = q.bind(id);
+                    }
+                    let locked: BTreeSet<i64> = q.fetch_all(&mut *tx).await?.into_iter().collect();
+                    won.extend(chunk.iter().filter(|id| locked.contains(id)));
                 }
-                won = q.bind(limit).fetch_all(&mut *tx).await?;
                 if !won.is_empty() || (candidates.len() as i64) < overfetch {
                     break;
                 }
@@ -231,11 +244,16 @@ impl Store {
         me: MasterId,
         wants: &[(i64, usize)],
     ) -> Result<Vec<(i64, i64)>, DbError> {
-        let wants: &Vec<(i64, i64)> = &wants
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(b, n)| (*b, i64::try_from(*n).unwrap_or(i64::MAX)))
-            .collect();
+        // One entry per builder (a builder named twice wants the sum).
+        let mut merged: Vec<(i64, i64)> = Vec::new();
+        for (b, n) in wants.iter().filter(|(_, n)| *n > 0) {
+            let n = i64::try_from(*n).unwrap_or(i64::MAX);
+            match merged.iter_mut().find(|(mb, _)| mb == b) {
+                Some((_, m)) => *m = m.saturating_add(n),
+                None => merged.push((*b, n)),
+            }
+        }
+        let wants = &merged;
         if wants.is_empty() {
             return Ok(Vec::new());
         }

@@ -64,18 +64,26 @@ macro_rules! with_pool_retry {
 
 mod builds;
 mod claims;
+mod control;
 pub(crate) mod dialect;
 pub mod error;
+mod janitor;
 mod logs;
 mod masters;
+mod presence;
 mod reads;
 mod requests;
 mod rows;
+mod schedulers;
 mod schema;
 mod state;
 pub mod types;
 
+pub use control::LastBuild;
 pub use error::DbError;
+pub use janitor::{Cutoffs, JanitorCounts};
+pub use presence::WorkerPresence;
+pub use schedulers::{BuildsetStatus, ChangeRow};
 pub use types::*;
 
 /// Default pool size for MySQL; SQLite uses fewer (one writer at a time anyway).

@@ -1,13 +1,17 @@
 //! Schema migrations: `migrations/mysql` and `migrations/sqlite`, built into
 //! the binary, applied by `flotilla db upgrade`, and checked at master start.
 //!
-//! Both backends record applied versions in sqlx's `_sqlx_migrations` table.
-//! Concurrent upgrades are safe: on MySQL we hold a named lock (`GET_LOCK`)
-//! around sqlx's migrator, which itself locks; sqlx's SQLite migrator does not
-//! lock, so on SQLite we apply pending migrations ourselves inside one
+//! Both backends record applied versions in sqlx's `_sqlx_migrations` table
+//! (same layout and checksums as `sqlx::migrate`), but we apply migrations
+//! ourselves: sqlx's SQLite migrator does not lock, and its `run` future is not
+//! `Send`. Concurrent upgrades are safe: on MySQL every upgrader takes a named
+//! lock per database (`GET_LOCK`) and then applies one migration (one DDL
+//! statement, which commits on its own) at a time, marked unfinished until it
+//! is done, as sqlx does; on SQLite all pending migrations run in one
 //! `BEGIN IMMEDIATE` transaction (SQLite DDL is transactional), which
 //! serialises upgraders through the busy timeout. Either way the versions an
-//! upgrade reports are the ones *it* applied.
+//! upgrade reports are the ones *it* applied, and an applied version this
+//! binary does not know refuses the upgrade (`SchemaNewer`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,12 +23,14 @@ use super::{BeginWrite, DbError, SchemaStatus, Store};
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Named lock serialising `flotilla db upgrade` runs on one MySQL server.
-const MYSQL_UPGRADE_LOCK: &str = "flotilla_schema_upgrade";
+/// Named lock serialising `flotilla db upgrade` runs on one MySQL database
+/// (lock names are server-wide and at most 64 characters).
+const MYSQL_UPGRADE_LOCK: &str = "CONCAT('flotilla_upgrade_', SHA1(DATABASE()))";
 const MYSQL_UPGRADE_LOCK_TIMEOUT_SECS: i64 = 300;
 
-/// The DDL sqlx uses for its table on SQLite, so the `sqlx` CLI still reads it.
-const SQLITE_MIGRATIONS_DDL: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+/// sqlx's own table (the same DDL on both backends), so the `sqlx` CLI and
+/// `sqlx::migrate` still read what we record.
+const MIGRATIONS_DDL: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
     version BIGINT PRIMARY KEY,
     description TEXT NOT NULL,
     installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
@@ -55,8 +61,8 @@ impl Store {
             match d {
                 super::dialect::Dialect::MySql => {
                     let mut conn = pool.acquire().await?;
-                    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
-                        .bind(MYSQL_UPGRADE_LOCK)
+                    let sql = format!("SELECT GET_LOCK({MYSQL_UPGRADE_LOCK}, ?)");
+                    let got: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                         .bind(MYSQL_UPGRADE_LOCK_TIMEOUT_SECS)
                         .fetch_one(&mut *conn)
                         .await?;
@@ -66,43 +72,58 @@ impl Store {
                         ));
                     }
                     let result = async {
+                        conn.execute(MIGRATIONS_DDL).await?;
                         let before = read_applied!(conn, d)?;
-                        check_not_newer(migrator, &before)?;
-                        migrator.run(&mut *conn).await?;
-                        let after = read_applied!(conn, d)?;
-                        Ok(newly_applied(&before, &after))
+                        let mut applied = Vec::new();
+                        for m in to_apply(migrator, &before)? {
+                            // MySQL DDL commits on its own: mark the version
+                            // applied-but-unfinished first, as sqlx does, so a
+                            // crash leaves it visibly dirty.
+                            let start = std::time::Instant::now();
+                            sqlx::query(
+                                "INSERT INTO _sqlx_migrations \
+                                 (version, description, success, checksum, execution_time) \
+                                 VALUES (?, ?, FALSE, ?, -1)",
+                            )
+                            .bind(m.version)
+                            .bind(&*m.description)
+                            .bind(&*m.checksum)
+                            .execute(&mut *conn)
+                            .await?;
+                            conn.execute(m.sql.clone())
+                                .await
+                                .map_err(|e| MigrateError::ExecuteMigration(e, m.version))?;
+                            sqlx::query(
+                                "UPDATE _sqlx_migrations SET success = TRUE, execution_time = ? \
+                                 WHERE version = ?",
+                            )
+                            .bind(nanos_since(start))
+                            .bind(m.version)
+                            .execute(&mut *conn)
+                            .await?;
+                            applied.push(m.version);
+                        }
+                        Ok(applied)
                     }
                     .await;
-                    let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
-                        .bind(MYSQL_UPGRADE_LOCK)
+                    let sql = format!("SELECT RELEASE_LOCK({MYSQL_UPGRADE_LOCK})");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
                         .execute(&mut *conn)
                         .await;
                     result
                 }
                 super::dialect::Dialect::Sqlite => {
+                    // SQLite DDL is transactional: everything in one
+                    // transaction that holds the write lock from the start.
                     let mut tx = pool.begin_write().await?;
-                    tx.execute(SQLITE_MIGRATIONS_DDL).await?;
+                    tx.execute(MIGRATIONS_DDL).await?;
                     let before = read_applied!(tx, d)?;
-                    check_not_newer(migrator, &before)?;
                     let mut applied = Vec::new();
-                    for m in migrator.iter() {
-                        if m.migration_type.is_down_migration() {
-                            continue;
-                        }
-                        if let Some(a) = before.get(&m.version) {
-                            if !a.success {
-                                return Err(MigrateError::Dirty(m.version).into());
-                            }
-                            if a.checksum != *m.checksum {
-                                return Err(MigrateError::VersionMismatch(m.version).into());
-                            }
-                            continue;
-                        }
+                    for m in to_apply(migrator, &before)? {
                         let start = std::time::Instant::now();
                         tx.execute(m.sql.clone())
                             .await
                             .map_err(|e| MigrateError::ExecuteMigration(e, m.version))?;
-                        let elapsed = i64::try_from(start.elapsed().as_nanos()).unwrap_or(i64::MAX);
                         sqlx::query(
                             "INSERT INTO _sqlx_migrations \
                              (version, description, success, checksum, execution_time) \
@@ -111,7 +132,7 @@ impl Store {
                         .bind(m.version)
                         .bind(&*m.description)
                         .bind(&*m.checksum)
-                        .bind(elapsed)
+                        .bind(nanos_since(start))
                         .execute(&mut *tx)
                         .await?;
                         applied.push(m.version);
@@ -188,12 +209,29 @@ fn check_not_newer(migrator: &Migrator, applied: &BTreeMap<i64, Applied>) -> Res
     Ok(())
 }
 
-fn newly_applied(before: &BTreeMap<i64, Applied>, after: &BTreeMap<i64, Applied>) -> Vec<i64> {
-    after
-        .iter()
-        .filter(|(v, a)| a.success && !before.get(v).is_some_and(|b| b.success))
-        .map(|(v, _)| *v)
-        .collect()
+/// The migrations still to apply, after checking that the applied ones are
+/// known, finished and unchanged.
+fn to_apply<'m>(
+    migrator: &'m Migrator,
+    applied: &BTreeMap<i64, Applied>,
+) -> Result<Vec<&'m sqlx::migrate::Migration>, DbError> {
+    check_not_newer(migrator, applied)?;
+    let mut out = Vec::new();
+    for m in up_migrations(migrator) {
+        match applied.get(&m.version) {
+            Some(a) if !a.success => return Err(MigrateError::Dirty(m.version).into()),
+            Some(a) if a.checksum != *m.checksum => {
+                return Err(MigrateError::VersionMismatch(m.version).into());
+            }
+            Some(_) => {}
+            None => out.push(m),
+        }
+    }
+    Ok(out)
+}
+
+fn nanos_since(start: std::time::Instant) -> i64 {
+    i64::try_from(start.elapsed().as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// The rows of `_sqlx_migrations` read through `$conn`, empty when the table

@@ -14,6 +14,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// The object exists but is not in a state that allows this (a finished build cannot stop).
+    #[error("{0}")]
+    Conflict(String),
     #[error("missing or wrong admin token")]
     Unauthorized,
     #[error("{0}")]
@@ -27,6 +30,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Db(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,

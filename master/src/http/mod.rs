@@ -2,11 +2,14 @@
 //! from the shared database, so any master answers the same; writes (force,
 //! changes, drain) go to the database and wake this master's claim loop.
 
+mod build_control;
 mod dashboard;
 mod error;
+mod hooks;
 mod metrics_route;
 mod params;
 mod reads;
+mod try_route;
 mod writes;
 
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use build_control::pick_up_stop_requests;
 pub use error::{ApiError, ApiResult};
 pub use metrics_route::install_metrics;
 
@@ -36,22 +40,30 @@ pub fn router(state: Arc<MasterState>) -> Router {
         .route("/metrics", get(metrics_route::metrics))
         .route("/api/v1/masters", get(reads::masters))
         .route("/api/v1/builders", get(reads::builders))
+        .route("/api/v1/builders/{name}", get(reads::builder))
         .route("/api/v1/workers", get(reads::workers))
         .route("/api/v1/buildrequests", get(reads::requests))
         .route("/api/v1/buildrequests/{id}", get(reads::request))
         .route(
             "/api/v1/buildrequests/{id}/cancel",
-            post(writes::cancel_request),
+            post(build_control::cancel_request),
         )
         .route("/api/v1/builds", get(reads::builds))
         .route("/api/v1/builds/{id}", get(reads::build))
+        .route("/api/v1/builds/{id}/stop", post(build_control::stop_build))
+        .route("/api/v1/builds/{id}/rebuild", post(build_control::rebuild))
         .route("/api/v1/builds/{id}/steps", get(reads::steps))
         .route("/api/v1/builds/{id}/steps/{n}/log", get(reads::step_log))
         .route("/api/v1/force", post(writes::force))
         .route("/api/v1/changes", post(writes::changes))
+        .route("/api/v1/try", post(try_route::try_build))
+        .route("/api/v1/hooks/github", post(hooks::github))
+        .route("/api/v1/hooks/gitlab", post(hooks::gitlab))
         .route("/api/v1/masters/{name}/drain", post(writes::drain))
         .route("/api/v1/masters/{name}/undrain", post(writes::undrain))
+        .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn(count_requests))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -76,19 +88,20 @@ async fn require_token(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if req.method() == Method::POST && !req.uri().path().starts_with("/api/v1/hooks/") {
-        if let Some(var) = &state.config.api.admin_token_env {
-            let expected = std::env::var(var).unwrap_or_default();
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or_default();
-            if expected.is_empty() || !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
-                tracing::warn!(path = %req.uri().path(), "refused a write without the right admin token");
-                return Err(ApiError::Unauthorized);
-            }
+    if req.method() == Method::POST
+        && !req.uri().path().starts_with("/api/v1/hooks/")
+        && let Some(var) = &state.config.api.admin_token_env
+    {
+        let expected = std::env::var(var).unwrap_or_default();
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if expected.is_empty() || !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
+            tracing::warn!(path = %req.uri().path(), "refused a write without the right admin token");
+            return Err(ApiError::Unauthorized);
         }
     }
     Ok(next.run(req).await)
@@ -96,4 +109,21 @@ async fn require_token(
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no such route: {}", uri.path()))
+}
+
+/// Counts answered requests by status class (`2xx`, `4xx`, ...).
+async fn count_requests(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let class = match resp.status().as_u16() / 100 {
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    };
+    ::metrics::counter!(crate::metrics::HTTP_REQUESTS, "status" => class).increment(1);
+    resp
 }

@@ -14,7 +14,11 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
 use super::params::Params;
-use crate::db::{BuildFilter, BuildInfo, MasterRow, RequestFilter, RequestRow, StepRow};
+use crate::config::BuilderConfig;
+use crate::db::{
+    BuildFilter, BuildInfo, LastBuild, MasterRow, RequestFilter, RequestRow, StepRow,
+    WorkerPresence,
+};
 use crate::runtime::MasterState;
 
 type St = State<Arc<MasterState>>;
@@ -78,6 +82,8 @@ pub async fn masters(State(st): St, Query(q): Q) -> ApiResult<Json<Vec<MasterJso
     ))
 }
 
+/// Builders of the cluster file with their queue (`pending`, `running`,
+/// cluster-wide) and last finished build.
 pub async fn builders(State(st): St, Query(q): Q) -> ApiResult<Json<Vec<Value>>> {
     let p = Params(q);
     p.only(&["limit", "offset"])?;
@@ -89,38 +95,88 @@ pub async fn builders(State(st): St, Query(q): Q) -> ApiResult<Json<Vec<Value>>>
         .into_iter()
         .map(|c| (c.name, (c.pending, c.running)))
         .collect();
+    let last: HashMap<String, LastBuild> = st
+        .store
+        .last_builds()
+        .await?
+        .into_iter()
+        .map(|b| (b.builder.clone(), b))
+        .collect();
     Ok(Json(
         st.config
             .builders
             .iter()
             .skip(offset as usize)
             .take(limit as usize)
-            .map(|b| {
-                let (pending, running) = counts.get(&b.name).copied().unwrap_or((0, 0));
-                json!({"name": b.name, "pending": pending, "running": running, "workers": b.workers})
-            })
+            .map(|b| builder_json(b, &counts, last.get(&b.name)))
             .collect(),
     ))
 }
 
-/// Workers of the cluster file; `connected`, `master` and `idle` as this
-/// master sees them (workers routed to other masters show as not connected here).
+pub async fn builder(State(st): St, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let b = st
+        .config
+        .builder(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no builder named {name:?}")))?;
+    let counts: HashMap<String, (i64, i64)> = st
+        .store
+        .builder_counts()
+        .await?
+        .into_iter()
+        .filter(|c| c.name == name)
+        .map(|c| (c.name, (c.pending, c.running)))
+        .collect();
+    let last = st
+        .store
+        .last_builds()
+        .await?
+        .into_iter()
+        .find(|l| l.builder == name);
+    Ok(Json(builder_json(b, &counts, last.as_ref())))
+}
+
+fn builder_json(
+    b: &BuilderConfig,
+    counts: &HashMap<String, (i64, i64)>,
+    last: Option<&LastBuild>,
+) -> Value {
+    let (pending, running) = counts.get(&b.name).copied().unwrap_or((0, 0));
+    json!({
+        "name": b.name,
+        "pending": pending,
+        "running": running,
+        "workers": b.workers,
+        "priority": b.priority,
+        "max_concurrent_builds": b.max_concurrent_builds,
+        "last_build": last.map(|l| json!({
+            "id": l.build_id,
+            "number": l.number,
+            "results": l.results,
+            "complete_at": l.complete_at,
+        })),
+        "last_results": last.and_then(|l| l.results),
+    })
+}
+
+/// Every worker of the cluster file, as the database knows it: `connected`
+/// to which `master` (any master answers the same), and `idle` (null when
+/// not connected). Filter with `connected=true|false`.
 pub async fn workers(State(st): St, Query(q): Q) -> ApiResult<Json<Vec<Value>>> {
     let p = Params(q);
-    p.only(&["limit", "offset"])?;
+    p.only(&["connected", "limit", "offset"])?;
     let (limit, offset) = p.page()?;
-    let attached: HashMap<String, bool> = st
-        .workers
-        .views()
+    let connected = p.bool("connected")?;
+    let presence: HashMap<String, WorkerPresence> = st
+        .store
+        .list_worker_presence()
+        .await?
         .into_iter()
-        .map(|w| (w.name, w.idle))
+        .map(|w| (w.name.clone(), w))
         .collect();
     Ok(Json(
         st.config
             .workers
             .iter()
-            .skip(offset as usize)
-            .take(limit as usize)
             .map(|w| {
                 let builders: Vec<&str> = st
                     .config
@@ -129,15 +185,19 @@ pub async fn workers(State(st): St, Query(q): Q) -> ApiResult<Json<Vec<Value>>> 
                     .filter(|b| b.workers.contains(&w.name))
                     .map(|b| b.name.as_str())
                     .collect();
-                let here = attached.get(&w.name);
+                let p = presence.get(&w.name).filter(|p| p.master.is_some());
                 json!({
                     "name": w.name,
-                    "connected": here.is_some(),
-                    "master": here.map(|_| st.me.name.clone()),
+                    "connected": p.is_some(),
+                    "master": p.and_then(|p| p.master.clone()),
                     "builders": builders,
-                    "idle": here.copied(),
+                    "idle": p.map(|p| !p.busy),
+                    "connected_at": p.and_then(|p| p.connected_at),
                 })
             })
+            .filter(|v| connected.is_none_or(|c| v["connected"] == Value::Bool(c)))
+            .skip(offset as usize)
+            .take(limit as usize)
             .collect(),
     ))
 }
@@ -195,24 +255,50 @@ pub async fn steps(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Vec<
     Ok(Json(st.store.list_steps(id).await?))
 }
 
+/// Step `n`'s log as text. `offset` (bytes) returns only what follows, for
+/// following a running step; the `X-Log-Length` header gives the full length.
 pub async fn step_log(
     State(st): St,
     Path((id, n)): Path<(String, String)>,
+    Query(q): Q,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id)?;
     let n: i32 = n
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("step number must be an integer, not {n:?}")))?;
+    let p = Params(q);
+    p.only(&["offset"])?;
+    let from = p.int("offset")?.unwrap_or(0);
+    if from < 0 {
+        return Err(ApiError::BadRequest("offset must not be negative".into()));
+    }
+    if st.store.get_build(id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no build {id}")));
+    }
     let log_id = st
         .store
         .step_log_id(id, n, "stdio")
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no log for step {n} of build {id}")))?;
     let bytes = st.store.read_log(log_id).await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes))
+    let len = bytes.len();
+    let tail = bytes
+        .get(from as usize..)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (
+                header::HeaderName::from_static("x-log-length"),
+                len.to_string(),
+            ),
+        ],
+        tail,
+    ))
 }
 
-fn parse_id(s: &str) -> Result<i64, ApiError> {
+pub(super) fn parse_id(s: &str) -> Result<i64, ApiError> {
     s.parse()
         .map_err(|_| ApiError::BadRequest(format!("id must be an integer, not {s:?}")))
 }

@@ -1,5 +1,5 @@
 //! Write routes: force a build, submit a change, drain and undrain a
-//! master, cancel a pending request. Each one is a database write; this
+//! master (stop, cancel and rebuild live in `build_control`). Each one is a database write; this
 //! master's claim loop is woken so new work starts without waiting for a poll.
 
 use std::collections::BTreeMap;
@@ -97,8 +97,9 @@ pub struct ChangeBody {
     properties: BTreeMap<String, Value>,
 }
 
-/// Records the change, then runs it past the branch schedulers that fire at
-/// once (no tree-stable timer). Timed schedulers run on the master that owns them.
+/// Records the change. The master that owns each branch scheduler reads it
+/// from the database at its next tick (tree-stable timers included); this
+/// only wakes this master's schedulers so that one owned here sees it at once.
 pub async fn changes(
     State(st): St,
     b: Result<Json<ChangeBody>, JsonRejection>,
@@ -118,52 +119,8 @@ pub async fn changes(
         when: None,
     };
     let change_id = st.store.add_change(&change).await?;
-    let mut created = Vec::new();
-    for s in &st.config.schedulers {
-        let immediate = s.tree_stable_timer.is_none_or(|t| t.get().is_zero());
-        let matches = match s.kind.as_str() {
-            "single-branch" => s.branch.is_some() && s.branch == change.branch,
-            "any-branch" => {
-                s.branches.is_empty()
-                    || change
-                        .branch
-                        .as_ref()
-                        .is_some_and(|b| s.branches.contains(b))
-            }
-            _ => false,
-        };
-        if !(immediate && matches) {
-            continue;
-        }
-        let builders: Vec<(i64, i32)> = s
-            .builders
-            .iter()
-            .filter_map(|b| st.builder_ids.get(b).map(|id| (*id, s.priority)))
-            .collect();
-        let bs = NewBuildset {
-            reason: format!("scheduler {} saw change {change_id}", s.name),
-            scheduler: Some(s.name.clone()),
-            sourcestamps: vec![SourceStamp {
-                repository: change.repository.clone(),
-                branch: change.branch.clone(),
-                revision: change.revision.clone(),
-                project: change.project.clone(),
-                codebase: change.codebase.clone(),
-                patch: None,
-            }],
-            properties: change.properties.clone(),
-            builders,
-            ..Default::default()
-        };
-        let (buildset_id, ids) = st.store.add_buildset(&bs).await?;
-        created.push(
-            json!({"buildset_id": buildset_id, "buildrequest_ids": ids, "scheduler": s.name}),
-        );
-    }
-    if !created.is_empty() {
-        st.wake.notify_one();
-    }
-    Ok(Json(json!({"change_id": change_id, "buildsets": created})))
+    crate::schedulers::on_change(change_id);
+    Ok(Json(json!({"change_id": change_id, "buildsets": []})))
 }
 
 pub async fn drain(State(st): St, Path(name): Path<String>) -> ApiResult<Json<Value>> {
@@ -182,19 +139,4 @@ async fn set_draining(st: &MasterState, name: &str, draining: bool) -> ApiResult
         )));
     }
     Ok(Json(json!({"masters": n, "draining": draining})))
-}
-
-pub async fn cancel_request(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("id must be an integer, not {id:?}")))?;
-    if st.store.get_request(id).await?.is_none() {
-        return Err(ApiError::NotFound(format!("no build request {id}")));
-    }
-    let cancelled = st.store.cancel_pending_request(id).await?;
-    if !cancelled {
-        // Already claimed: interrupt it if it runs here (a build on another master is not reached from here).
-        st.abort_builds(Some(&[id]), crate::runtime::AbortReason::Stopped);
-    }
-    Ok(Json(json!({"id": id, "cancelled": cancelled})))
 }

@@ -142,7 +142,7 @@ impl BuildCtx<'_> {
             worker = %self.worker.name,
             "build started"
         );
-        metrics::gauge!("flotilla_running_builds").increment(1.0);
+        metrics::gauge!(crate::metrics::RUNNING_BUILDS).increment(1.0);
         let started = std::time::Instant::now();
         let env = step_env(st, &details, &build, &self.worker.name, &builder.env);
         let mut step_ids = Vec::with_capacity(builder.steps.len());
@@ -161,7 +161,9 @@ impl BuildCtx<'_> {
             }
             retry_transient(|| store.start_step(step_id)).await?;
             let log_id = retry_transient(|| store.create_log(step_id, "stdio")).await?;
-            let outcome = self.run_step(step, &env, &workdir_base, log_id).await?;
+            let outcome = self
+                .run_step(step, &env, &workdir_base, log_id, &details, build.id)
+                .await?;
             retry_transient(|| store.finish_step(step_id, outcome.results, &outcome.state)).await?;
             if outcome.results != Results::Skipped {
                 overall = overall.worst(outcome.results);
@@ -208,9 +210,11 @@ impl BuildCtx<'_> {
                 Results::Retry
             }
         };
-        metrics::gauge!("flotilla_running_builds").decrement(1.0);
-        metrics::histogram!("flotilla_build_duration_seconds", "builder" => details.builder.clone(), "results" => result.name())
+        metrics::gauge!(crate::metrics::RUNNING_BUILDS).decrement(1.0);
+        metrics::histogram!(crate::metrics::BUILD_DURATION, "builder" => details.builder.clone(), "results" => result.name())
             .record(started.elapsed().as_secs_f64());
+        metrics::counter!(crate::metrics::BUILDS_FINISHED, "builder" => details.builder.clone(), "results" => result.name())
+            .increment(1);
         tracing::info!(request = self.request_id, build = build.id, results = %result, "build finished");
         Ok(())
     }
@@ -221,9 +225,23 @@ impl BuildCtx<'_> {
         env: &HashMap<String, String>,
         workdir_base: &str,
         log_id: i64,
+        details: &RequestDetails,
+        build_id: i64,
     ) -> Result<StepOutcome, DbError> {
         let st = self.state;
         let mut log = BuildLog::new(st.store.clone(), log_id);
+        if step.kind == "trigger" {
+            let (results, state) =
+                super::steps::trigger(st, step, details, build_id, &mut log, self.cancel).await?;
+            log.flush().await?;
+            let aborted = self.cancel.is_cancelled().then(|| self.abort_reason());
+            return Ok(StepOutcome {
+                results,
+                state,
+                aborted,
+            });
+        }
+        let (argv, files) = super::steps::command_for(step, details);
         let command_id = st
             .next_command
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -235,14 +253,14 @@ impl BuildCtx<'_> {
         };
         let run = RunCommand {
             command_id,
-            argv: step.command.clone(),
+            argv,
             env: step_env,
             workdir,
             timeout_ms: step.timeout.map_or(0, |t| t.get().as_millis() as u64),
-            files: Vec::new(),
+            files,
         };
-        log.note(&format!("$ {}", shell_words(&step.command)))
-            .await?;
+        let shown = super::steps::describe(step).unwrap_or_else(|| shell_words(&run.argv));
+        log.note(&format!("$ {shown}")).await?;
         let mut rx = match st.workers.start_command(self.worker.key, run).await {
             Ok(rx) => rx,
             Err(e) => {
@@ -358,7 +376,7 @@ fn step_env(
     env.insert("FLOTILLA_BUILD_NUMBER".into(), build.number.to_string());
     env.insert("FLOTILLA_BUILDREQUEST_ID".into(), req.id.to_string());
     env.insert("FLOTILLA_WORKER".into(), worker.to_owned());
-    env.insert("FLOTILLA_MASTER".into(), st.me.name.clone());
+    env.insert("FLOTILLA_MASTER".into(), st.name.clone());
     env.insert("FLOTILLA_REPOSITORY".into(), ss.repository);
     env.insert("FLOTILLA_BRANCH".into(), ss.branch.unwrap_or_default());
     env.insert("FLOTILLA_REVISION".into(), ss.revision.unwrap_or_default());

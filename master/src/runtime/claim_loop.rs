@@ -12,19 +12,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use super::workers::IdleWorker;
 use super::{MasterState, build};
 
 /// How long to back off after a database error.
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
-pub async fn run(state: Arc<MasterState>) {
+/// Runs until `stop`. While draining (or shutting down) it claims nothing and
+/// hands idle workers back to the gateway, which routes them elsewhere.
+pub async fn run(state: Arc<MasterState>, stop: CancellationToken) {
     let poll = state.config.cluster.poll_interval.get();
     loop {
+        if stop.is_cancelled() {
+            return;
+        }
         if state.is_draining() {
-            if state.shutdown.graceful.is_cancelled() {
-                return;
-            }
             let handed = state
                 .workers
                 .release_idle_to_gateway("this master is draining")
@@ -45,7 +49,7 @@ pub async fn run(state: Arc<MasterState>) {
         tokio::select! {
             _ = state.wake.notified() => {}
             _ = tokio::time::sleep(poll) => {}
-            _ = state.shutdown.graceful.cancelled() => {}
+            _ = stop.cancelled() => {}
         }
     }
 }
@@ -71,12 +75,11 @@ async fn claim_round(state: &Arc<MasterState>) -> Result<bool, crate::db::DbErro
         return Ok(false);
     }
     let started = std::time::Instant::now();
-    let won = state
-        .store
-        .pick_and_claim_per_builder(state.master_id(), &wants)
-        .await?;
-    metrics::histogram!("flotilla_claim_seconds").record(started.elapsed().as_secs_f64());
-    metrics::counter!("flotilla_claims_won_total").increment(won.len() as u64);
+    let won = claim_wants(state, &wants).await?;
+    metrics::histogram!(crate::metrics::CLAIM_SECONDS).record(started.elapsed().as_secs_f64());
+    metrics::counter!(crate::metrics::CLAIMS_ATTEMPTED)
+        .increment(wants.iter().map(|(_, n)| *n as u64).sum());
+    metrics::counter!(crate::metrics::CLAIMS_WON).increment(won.len() as u64);
     if won.is_empty() {
         return Ok(false);
     }
@@ -131,4 +134,39 @@ fn builder_priority(state: &MasterState, builder_id: i64) -> i32 {
         .iter()
         .find(|b| state.builder_ids.get(&b.name) == Some(&builder_id))
         .map_or(0, |b| b.priority)
+}
+
+/// Claims for `wants`: builders with `max_concurrent_builds` one by one
+/// within their limit, the rest in one round. The result is in builder
+/// priority order (then best request first), the order workers are given out.
+async fn claim_wants(
+    state: &MasterState,
+    wants: &[(i64, usize)],
+) -> Result<Vec<(i64, i64)>, crate::db::DbError> {
+    let me = state.master_id();
+    let (limited, free): (Vec<_>, Vec<_>) = wants
+        .iter()
+        .copied()
+        .partition(|(b, _)| builder_max_concurrent(state, *b).is_some());
+    let mut won = if free.is_empty() {
+        Vec::new()
+    } else {
+        state.store.pick_and_claim_per_builder(me, &free).await?
+    };
+    for (b, n) in limited {
+        let max = builder_max_concurrent(state, b).unwrap_or(u32::MAX);
+        let ids = state.store.claim_within_limit(me, b, n, max).await?;
+        won.extend(ids.into_iter().map(|id| (id, b)));
+    }
+    won.sort_by_key(|(_, b)| std::cmp::Reverse(builder_priority(state, *b)));
+    Ok(won)
+}
+
+fn builder_max_concurrent(state: &MasterState, builder_id: i64) -> Option<u32> {
+    state
+        .config
+        .builders
+        .iter()
+        .find(|b| state.builder_ids.get(&b.name) == Some(&builder_id))
+        .and_then(|b| b.max_concurrent_builds)
 }

@@ -34,6 +34,13 @@ pub async fn run(state: Arc<MasterState>, link: u64, url: String, stop: Cancella
         state
             .workers
             .detach_link(link, "the link to the gateway closed");
+        if let Err(e) = state
+            .store
+            .workers_detached_link(state.master_id(), link)
+            .await
+        {
+            tracing::debug!(error = %e, "could not record the link's workers as gone");
+        }
         state.wake.notify_one();
         if stop.is_cancelled() {
             return;
@@ -71,9 +78,11 @@ async fn session(state: &Arc<MasterState>, link: u64, url: &str) -> Result<(), S
         .max_decoding_message_size(flotilla_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(flotilla_proto::MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<MasterToGateway>(OUTBOUND_QUEUE);
+    let mut incarnation = state.incarnation.subscribe();
+    let master_id = *incarnation.borrow_and_update();
     let hello = MasterHello {
-        master_id: state.master_id(),
-        name: state.me.name.clone(),
+        master_id,
+        name: state.name.clone(),
         draining: state.is_draining(),
         silence_timeout_ms: (state.config.cluster.master_timeout.get() / 2).as_millis() as u64,
     };
@@ -114,10 +123,15 @@ async fn session(state: &Arc<MasterState>, link: u64, url: &str) -> Result<(), S
         }
     });
     let result = loop {
-        match inbound.message().await {
-            Ok(Some(m)) => handle(state, link, &tx, m).await,
-            Ok(None) => break Ok(()),
-            Err(status) => break Err(format!("stream error: {status}")),
+        tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(m)) => handle(state, link, &tx, m).await,
+                Ok(None) => break Ok(()),
+                Err(status) => break Err(format!("stream error: {status}")),
+            },
+            // A new incarnation says hello on a new link; the gateway moves
+            // the old incarnation's workers when this one closes.
+            _ = incarnation.changed() => break Err("this master joined again as a new incarnation".into()),
         }
     };
     heartbeat.abort();
@@ -155,6 +169,14 @@ async fn handle(
                     .workers
                     .attach(key, req.name.clone(), worker_id, builders, tx.clone());
                 tracing::info!(worker = %req.name, "worker attached");
+                let me = state.master_id();
+                if let Err(e) = state
+                    .store
+                    .worker_attached(&req.name, me, link, req.session)
+                    .await
+                {
+                    tracing::debug!(worker = %req.name, error = %e, "could not record the worker as attached");
+                }
                 state.wake.notify_one();
             }
         }
@@ -166,6 +188,13 @@ async fn handle(
                 },
                 &format!("worker left: {}", d.reason),
             );
+            if let Err(e) = state
+                .store
+                .worker_detached(state.master_id(), link, d.session)
+                .await
+            {
+                tracing::debug!(error = %e, "could not record the worker as gone");
+            }
             state.wake.notify_one();
         }
         Some(gateway_to_master::Msg::FromWorker(FromWorker { msg: Some(wm), .. })) => {

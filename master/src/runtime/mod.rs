@@ -12,20 +12,21 @@ mod build_log;
 mod claim_loop;
 mod link;
 mod maintenance;
+mod steps;
 mod workers;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ClusterConfig;
-use crate::db::{DbError, MasterRow, Store};
+use crate::db::{DbError, Store};
 
 pub use build::AbortReason;
 pub use workers::{WorkerRegistry, WorkerView};
@@ -88,7 +89,12 @@ pub(crate) struct RunningBuild {
 pub struct MasterState {
     pub config: Arc<ClusterConfig>,
     pub store: Store,
-    pub me: MasterRow,
+    /// This master's name; its identity is the name plus the current incarnation.
+    pub name: String,
+    /// `masters.id` of the current incarnation (a new one after being declared dead).
+    master_id: AtomicI64,
+    /// Announces a new incarnation to the gateway links.
+    pub(crate) incarnation: watch::Sender<i64>,
     /// Builder name to `builders.id`.
     pub builder_ids: HashMap<String, i64>,
     /// Worker name to password, read once at start.
@@ -102,8 +108,6 @@ pub struct MasterState {
     pub db_healthy: AtomicBool,
     /// Gateway links attached now.
     pub gateway_links: AtomicUsize,
-    /// The database says this incarnation is dead: it must stop.
-    pub(crate) declared_dead: AtomicBool,
     pub(crate) running: Mutex<HashMap<i64, RunningBuild>>,
     pub(crate) next_command: AtomicU64,
     pub shutdown: Shutdown,
@@ -113,7 +117,7 @@ pub struct MasterState {
 
 impl MasterState {
     pub fn master_id(&self) -> i64 {
-        self.me.id
+        self.master_id.load(Ordering::SeqCst)
     }
 
     pub fn is_draining(&self) -> bool {
@@ -167,17 +171,19 @@ pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterEr
         released_from_older_incarnations = released.len(),
         "master registered"
     );
+    let (incarnation, _) = watch::channel(me.id);
     let state = Arc::new(MasterState {
         config: config.clone(),
         store: store.clone(),
-        me,
+        name: me.name.clone(),
+        master_id: AtomicI64::new(me.id),
+        incarnation,
         builder_ids,
         passwords,
         workers: WorkerRegistry::default(),
         wake: Notify::new(),
         draining: AtomicBool::new(false),
         db_healthy: AtomicBool::new(true),
-        declared_dead: AtomicBool::new(false),
         gateway_links: AtomicUsize::new(0),
         running: Mutex::new(HashMap::new()),
         next_command: AtomicU64::new(1),
@@ -200,50 +206,57 @@ pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterEr
         )));
     }
     let maintenance = tokio::spawn(maintenance::run(state.clone(), stop_all.clone()));
-    let claimer = tokio::spawn(claim_loop::run(state.clone()));
+    tokio::spawn(crate::janitor::run_periodic(
+        state.clone(),
+        stop_all.clone(),
+    ));
+    let claim_stop = CancellationToken::new();
+    let claimer = tokio::spawn(claim_loop::run(state.clone(), claim_stop.clone()));
+    let schedulers = tokio::spawn(crate::schedulers::run(state.clone(), stop_all.clone()));
+    let change_sources = tokio::spawn(crate::changesource::run(state.clone(), stop_all.clone()));
 
-    let fenced = tokio::select! {
-        _ = shutdown.graceful.cancelled() => false,
-        r = maintenance_fenced(&state) => r,
-    };
+    shutdown.graceful.cancelled().await;
     state.draining.store(true, Ordering::SeqCst);
     state.wake.notify_waiters();
-    if fenced {
-        state.abort_builds(None, AbortReason::LostClaim);
-    } else {
-        drain_running(&state).await;
-    }
+    drain_running(&state).await;
+    claim_stop.cancel();
     let _ = claimer.await;
     state.tasks.close();
     state.tasks.wait().await;
     // Hand back anything still claimed (nothing, normally) and leave the cluster.
-    if !fenced {
-        if let Err(e) = store.deactivate_master(state.master_id()).await {
-            tracing::error!(error = %e, "could not mark this master inactive; others will reap it after master_timeout");
-        }
+    if let Err(e) = build::retry_transient(|| store.deactivate_master(state.master_id())).await {
+        tracing::error!(error = %e, "could not mark this master inactive; others will reap it after master_timeout");
     }
     stop_all.cancel();
     let _ = maintenance.await;
+    let _ = schedulers.await;
+    let _ = change_sources.await;
     for l in links {
         let _ = l.await;
     }
     let _ = http.await;
     tracing::info!("master stopped");
-    if fenced {
-        Err(MasterError::Fenced)
-    } else {
-        Ok(())
-    }
+    Ok(())
 }
 
-/// Resolves when the maintenance loop finds this incarnation declared dead.
-async fn maintenance_fenced(state: &MasterState) -> bool {
-    loop {
-        if maintenance::declared_dead(state) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+/// This incarnation was declared dead (it could not heartbeat in time, so
+/// other masters may already run its requests): stop every build without
+/// recording anything, then join again as a new incarnation.
+pub(crate) async fn rejoin(state: &Arc<MasterState>) -> Result<(), DbError> {
+    state.abort_builds(None, AbortReason::LostClaim);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while state.running_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let me = state.store.register_master(&state.name).await?;
+    state.store.release_older_incarnations(&me).await?;
+    if state.is_draining() && !state.shutdown.graceful.is_cancelled() {
+        state.store.set_draining(me.id, true).await?;
+    }
+    state.master_id.store(me.id, Ordering::SeqCst);
+    state.incarnation.send_replace(me.id);
+    tracing::warn!(id = me.id, "joined the cluster again as a new incarnation");
+    Ok(())
 }
 
 /// Lets running builds finish for up to `shutdown_grace` (less on a second

@@ -198,10 +198,10 @@ impl WorkerRegistry {
 
     pub fn finish_command(&self, command_id: u64) {
         let mut inner = self.lock();
-        if let Some((key, _)) = inner.commands.remove(&command_id) {
-            if let Some(w) = inner.workers.get_mut(&key) {
-                w.commands.remove(&command_id);
-            }
+        if let Some((key, _)) = inner.commands.remove(&command_id)
+            && let Some(w) = inner.workers.get_mut(&key)
+        {
+            w.commands.remove(&command_id);
         }
     }
 

@@ -1,0 +1,306 @@
+//! `claim`: N independent stores (own pools, own master rows) run the real
+//! claim code — `pick_and_claim_per_builder` (as the claim loop does) or
+//! `pick_and_claim`, then `complete_requests` — until R pending requests are
+//! all complete. In the same run, the same N-way concurrency does only what
+//! a claim minimally costs: one bare primary-key compare-and-swap `UPDATE`
+//! to claim and one to complete per request, over R other requests.
+//! `ratio` = real / bare.
+//!
+//! Correctness: every request completed exactly once — each completion
+//! reported by exactly one store, and the database agrees.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::Context;
+use flotilla_master::db::{Results, Store};
+use sqlx::Executor;
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+
+use crate::database::BenchDb;
+use crate::report::{Report, round3};
+use crate::seed;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Competing masters (each with its own pool).
+    #[arg(long, default_value_t = 4)]
+    masters: usize,
+    /// Pending requests to claim and complete.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Requests claimed (and completed) per round.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Connections in each master's pool.
+    #[arg(long, default_value_t = 2)]
+    pool: u32,
+    /// Which pick to run.
+    #[arg(long, value_enum, default_value_t = Pick::PerBuilder)]
+    pick: Pick,
+    /// Small sizes, for CI.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Pick {
+    /// `pick_and_claim_per_builder`, what the claim loop calls.
+    PerBuilder,
+    /// `pick_and_claim` (candidates merged over builders).
+    Merged,
+}
+
+/// What one competing master did.
+#[derive(Debug, Default)]
+struct MasterTally {
+    completed: Vec<i64>,
+    lost_races: u64,
+    short_completions: u64,
+}
+
+pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
+    if a.quick {
+        a.requests = a.requests.min(2000);
+    }
+    anyhow::ensure!(
+        a.masters > 0 && a.requests > 0 && a.batch > 0,
+        "sizes must be positive"
+    );
+    let mut report = Report::new("claim");
+    report.set("masters", a.masters);
+    report.set("requests", a.requests);
+    report.set("batch", a.batch);
+    report.set("pool", a.pool);
+    report.set("pick", format!("{:?}", a.pick));
+
+    let builders = seed::builders(db, "claim", 2).await?;
+    let (real_builder, raw_builder) = (builders[0], builders[1]);
+    seed::pending(db, &[real_builder], a.requests).await?;
+    let raw_ids = seed::pending(db, &[raw_builder], a.requests).await?;
+    eprintln!("[claim] seeded 2 x {} pending requests", a.requests);
+
+    // Real claim code.
+    let mut stores = Vec::new();
+    for i in 0..a.masters {
+        let store = Store::connect_with(&db.url, a.pool).await?;
+        let me = store.register_master(&format!("bench-m{i}")).await?;
+        stores.push((store, me.id));
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (store, me) in stores.clone() {
+        let pool = db.pool.clone();
+        let (batch, pick) = (a.batch, a.pick);
+        tasks.push(tokio::spawn(async move {
+            claim_until_empty(&store, me, real_builder, batch, pick, &pool).await
+        }));
+    }
+    let mut tallies = Vec::new();
+    for t in tasks {
+        tallies.push(t.await.context("claiming task")??);
+    }
+    let real_elapsed = start.elapsed();
+    for (store, _) in &stores {
+        store.close().await;
+    }
+    let real_rate = a.requests as f64 / real_elapsed.as_secs_f64();
+    eprintln!("[claim] real: {real_rate:.0} requests/s in {real_elapsed:?}");
+
+    // Bare compare-and-swap, same concurrency.
+    let raw_ids = Arc::new(raw_ids);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut pools = Vec::new();
+    for _ in 0..a.masters {
+        pools.push(raw_pool(&db.url, a.pool).await?);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, pool) in pools.iter().enumerate() {
+        let (pool, ids, next) = (pool.clone(), raw_ids.clone(), next.clone());
+        let me = 1_000_000 + i as i64;
+        tasks.push(tokio::spawn(async move {
+            bare_cas(&pool, me, &ids, &next).await
+        }));
+    }
+    let mut raw_failed = 0u64;
+    for t in tasks {
+        raw_failed += t.await.context("bare CAS task")??;
+    }
+    let raw_elapsed = start.elapsed();
+    for p in &pools {
+        p.close().await;
+    }
+    let raw_rate = a.requests as f64 / raw_elapsed.as_secs_f64();
+    eprintln!("[claim] bare CAS: {raw_rate:.0} requests/s in {raw_elapsed:?}");
+
+    // Checks.
+    let mut seen = HashSet::new();
+    let mut doubled = 0usize;
+    for t in &tallies {
+        for id in &t.completed {
+            if !seen.insert(*id) {
+                doubled += 1;
+            }
+        }
+    }
+    let in_db_done = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM buildrequests WHERE builderid = {real_builder} \
+             AND complete = 1 AND claimed_by_masterid IS NOT NULL"
+        ))
+        .await?;
+    let in_db_open = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM buildrequests WHERE builderid = {real_builder} AND complete = 0"
+        ))
+        .await?;
+    let mut per_master_agrees = true;
+    for ((_, me), t) in stores.iter().zip(&tallies) {
+        let n = db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM buildrequests WHERE builderid = {real_builder} \
+                 AND complete = 1 AND claimed_by_masterid = {me}"
+            ))
+            .await?;
+        per_master_agrees &= n == t.completed.len() as i64;
+    }
+    let short: u64 = tallies.iter().map(|t| t.short_completions).sum();
+    let exactly_once = doubled == 0
+        && seen.len() == a.requests
+        && in_db_done == a.requests as i64
+        && in_db_open == 0
+        && per_master_agrees
+        && short == 0;
+    report.check(exactly_once, || {
+        format!(
+            "not completed exactly once: {} distinct completions of {} (doubled {doubled}), \
+             database: {in_db_done} complete, {in_db_open} open, per-master counts agree: \
+             {per_master_agrees}, completions refused after a won claim: {short}",
+            seen.len(),
+            a.requests
+        )
+    });
+    let raw_done = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM buildrequests WHERE builderid = {raw_builder} AND complete = 1"
+        ))
+        .await?;
+    report.check(raw_failed == 0 && raw_done == a.requests as i64, || {
+        format!("bare CAS baseline: {raw_failed} failed updates, {raw_done} complete")
+    });
+
+    report.set("requests_per_sec", real_rate.round());
+    report.set(
+        "lost_races",
+        tallies.iter().map(|t| t.lost_races).sum::<u64>(),
+    );
+    report.set("completed_exactly_once", exactly_once);
+    report.set("raw_per_sec", raw_rate.round());
+    report.set("ratio", round3(real_rate / raw_rate));
+    report.set(
+        "per_master_completed",
+        tallies
+            .iter()
+            .map(|t| t.completed.len())
+            .collect::<Vec<_>>(),
+    );
+    Ok(report)
+}
+
+/// One master's loop: claim a batch, complete it, until nothing is left to claim.
+async fn claim_until_empty(
+    store: &Store,
+    me: i64,
+    builder: i64,
+    batch: usize,
+    pick: Pick,
+    check: &MySqlPool,
+) -> anyhow::Result<MasterTally> {
+    let mut tally = MasterTally::default();
+    loop {
+        let won: Vec<i64> = match pick {
+            Pick::PerBuilder => store
+                .pick_and_claim_per_builder(me, &[(builder, batch)])
+                .await?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect(),
+            Pick::Merged => store.pick_and_claim(me, &[builder], batch).await?,
+        };
+        if won.is_empty() {
+            // Lost to another master, or the queue is empty?
+            let unclaimed: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM buildrequests WHERE builderid = ? AND complete = 0 \
+                 AND claimed_by_masterid IS NULL LIMIT 1",
+            )
+            .bind(builder)
+            .fetch_optional(check)
+            .await?;
+            if unclaimed.is_none() {
+                return Ok(tally);
+            }
+            tally.lost_races += 1;
+            continue;
+        }
+        let done = store.complete_requests(me, &won, Results::Success).await?;
+        if done.len() != won.len() {
+            tally.short_completions += (won.len() - done.len()) as u64;
+        }
+        tally.completed.extend(done);
+    }
+}
+
+async fn raw_pool(url: &str, connections: u32) -> anyhow::Result<MySqlPool> {
+    // The same session settings as the Store's pool.
+    Ok(MySqlPoolOptions::new()
+        .max_connections(connections)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("SET time_zone = '+00:00'").await?;
+                conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
+}
+
+/// Bare claim + complete, one autocommit primary-key CAS each, over ids
+/// handed out by a shared counter; returns the updates that changed no row.
+async fn bare_cas(
+    pool: &MySqlPool,
+    me: i64,
+    ids: &[i64],
+    next: &AtomicUsize,
+) -> anyhow::Result<u64> {
+    let mut failed = 0;
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(id) = ids.get(i) else {
+            return Ok(failed);
+        };
+        let claimed = sqlx::query(
+            "UPDATE buildrequests SET claimed_by_masterid = ?, claimed_at = NOW(6) \
+             WHERE id = ? AND claimed_by_masterid IS NULL AND complete = 0",
+        )
+        .bind(me)
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        let completed = sqlx::query(
+            "UPDATE buildrequests SET complete = 1, results = 0, complete_at = NOW(6) \
+             WHERE id = ? AND claimed_by_masterid = ? AND complete = 0",
+        )
+        .bind(id)
+        .bind(me)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        failed += u64::from(claimed != 1) + u64::from(completed != 1);
+    }
+}

@@ -1,0 +1,121 @@
+//! `logs`: one step writes a large log (`yes … | head -c N` on a real
+//! worker). Reports the rate at which the master stored it (bytes in
+//! `logchunks` / the step's duration in the database) and the master's
+//! resident memory before the build and at its peak, sampled every 50 ms
+//! while it runs: it must stay flat, not grow with the log.
+//!
+//! Correctness: the request completes successfully with exactly one build,
+//! and the stored log holds every byte written (plus the worker's header
+//! lines).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+
+use crate::cluster::{Cluster, Spec};
+use crate::database::BenchDb;
+use crate::report::{Report, round3};
+use crate::timing::{check_exactly_once, ms_between, wait_complete};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Size of the step's output, MiB.
+    #[arg(long, default_value_t = 200)]
+    mb: u64,
+    /// Small sizes, for CI.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// Room for the header lines the worker and master add to a log.
+const HEADER_SLACK: i64 = 64 * 1024;
+
+pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
+    if a.quick {
+        a.mb = a.mb.min(20);
+    }
+    anyhow::ensure!(a.mb > 0, "--mb must be positive");
+    let bytes = a.mb * 1024 * 1024;
+    let mut report = Report::new("logs");
+    report.set("mb", a.mb);
+
+    let builders = format!(
+        "[[builders]]\nname = \"logs\"\nworkers = [\"w0001\"]\n  [[builders.steps]]\n  \
+         name = \"spew\"\n  command = [\"sh\", \"-c\", \"yes 'flotilla benchmark log line \
+         0123456789 abcdefghijklmnopqrstuvwxyz' | head -c {bytes}\"]\n\n"
+    );
+    let mut cluster = Cluster::new(Spec::new(&db.url, vec!["w0001".into()], builders))?;
+    cluster.start_gateway()?;
+    cluster.wait_gateway().await?;
+    cluster.start_master("m1")?;
+    cluster.wait_master_ready(0).await?;
+    cluster.start_worker("w0001")?;
+    cluster.wait_workers(1, Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = cluster.masters[0].proc.pid();
+    let before = crate::procs::rss_kib(pid).unwrap_or(0);
+
+    let peak = Arc::new(AtomicU64::new(before));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                if let Some(kib) = crate::procs::rss_kib(pid) {
+                    peak.fetch_max(kib, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let id = cluster.force(0, "logs").await?;
+    let waited = wait_complete(&db.pool, &[id], Duration::from_secs(600)).await;
+    let elapsed = started.elapsed();
+    done.store(true, Ordering::SeqCst);
+    let _ = sampler.await;
+    waited?;
+    let after = crate::procs::rss_kib(pid).unwrap_or(0);
+
+    for p in check_exactly_once(&db.pool, &[id]).await? {
+        report.check(false, || p);
+    }
+    let (stored, step_start, step_end): (
+        Option<i64>,
+        Option<NaiveDateTime>,
+        Option<NaiveDateTime>,
+    ) = sqlx::query_as(
+        "SELECT (SELECT CAST(SUM(LENGTH(c.content)) AS SIGNED) FROM logs l \
+                     JOIN logchunks c ON c.logid = l.id \
+                     WHERE l.stepid = s.id), s.started_at, s.complete_at \
+             FROM builds b JOIN steps s ON s.buildid = b.id \
+             WHERE b.buildrequestid = ? AND b.results = 0 ORDER BY s.number LIMIT 1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await?;
+    let stored = stored.unwrap_or(0);
+    let want = bytes as i64;
+    report.check(stored >= want && stored <= want + HEADER_SLACK, || {
+        format!("stored {stored} bytes of log for {want} written")
+    });
+    let step_ms = match (step_start, step_end) {
+        (Some(s), Some(e)) => ms_between(s, e),
+        _ => elapsed.as_secs_f64() * 1000.0,
+    };
+    let mb_per_sec = stored as f64 / (1024.0 * 1024.0) / (step_ms / 1000.0);
+    eprintln!("[logs] stored {stored} bytes in {step_ms:.0} ms: {mb_per_sec:.1} MiB/s");
+
+    let mib = |kib: u64| round3(kib as f64 / 1024.0);
+    report.set("stored_bytes", stored);
+    report.set("step_ms", round3(step_ms));
+    report.set("mb_per_sec", round3(mb_per_sec));
+    report.set("end_to_end_sec", round3(elapsed.as_secs_f64()));
+    report.set("master_rss_before_mb", mib(before));
+    report.set("master_rss_peak_mb", mib(peak.load(Ordering::SeqCst)));
+    report.set("master_rss_after_mb", mib(after));
+    drop(cluster);
+    Ok(report)
+}

@@ -1,0 +1,351 @@
+//! What schedulers and change sources read and write: new changes after a
+//! watermark, the buildsets an upstream scheduler finished, compare-and-swap
+//! updates of their key/value state (so that of two masters that both think
+//! they own a scheduler, only one acts), a poller's changes recorded together
+//! with its state in one transaction, and collapsing superseded requests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::AssertSqlSafe;
+
+use super::claims::{finish_buildsets, lock_open_buildsets};
+use super::rows::{DbRow, InsertId};
+use super::{BeginWrite, DbError, NewChange, Results, SourceStamp, Store};
+
+/// A recorded change, as schedulers see it.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct ChangeRow {
+    pub id: i64,
+    pub author: String,
+    pub comments: String,
+    pub branch: Option<String>,
+    pub revision: Option<String>,
+    pub repository: String,
+    pub project: String,
+    pub codebase: String,
+    pub files: Vec<String>,
+    pub properties: BTreeMap<String, serde_json::Value>,
+    pub category: Option<String>,
+    pub when: DateTime<Utc>,
+}
+
+/// Where a buildset stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BuildsetStatus {
+    pub id: i64,
+    pub complete: bool,
+    pub results: Option<Results>,
+}
+
+fn change_row<R: DbRow>(r: &R) -> Result<ChangeRow, DbError> {
+    let files = r.string("files")?;
+    let props = r.string("properties")?;
+    let id = r.i64("changeid")?;
+    Ok(ChangeRow {
+        id,
+        author: r.string("author")?,
+        comments: r.string("comments")?,
+        branch: r.opt_string("branch")?,
+        revision: r.opt_string("revision")?,
+        repository: r.string("repository")?,
+        project: r.string("project")?,
+        codebase: r.string("codebase")?,
+        files: serde_json::from_str(&files)
+            .map_err(|e| DbError::Other(format!("change {id} files: {e}")))?,
+        properties: serde_json::from_str(&props)
+            .map_err(|e| DbError::Other(format!("change {id} properties: {e}")))?,
+        category: r.opt_string("category")?,
+        when: r.time("when_timestamp")?,
+    })
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String, DbError> {
+    serde_json::to_string(v).map_err(|e| DbError::Other(e.to_string()))
+}
+
+impl Store {
+    /// Changes with an id above `after`, oldest first, at most `limit`.
+    pub async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<ChangeRow>, DbError> {
+        with_pool!(self, |pool, d| {
+            let rows = sqlx::query(
+                "SELECT changeid, author, comments, branch, revision, repository, project, \
+                 codebase, files, properties, category, when_timestamp FROM changes \
+                 WHERE changeid > ? ORDER BY changeid LIMIT ?",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(change_row).collect()
+        })
+    }
+
+    /// The highest change id recorded more than `ago` before the database's
+    /// now (0 if none): where a scheduler that never ran starts reading.
+    pub async fn last_change_id_before(&self, ago: Duration) -> Result<i64, DbError> {
+        with_pool!(self, |pool, d| {
+            let sql = format!(
+                "SELECT COALESCE(MAX(changeid), 0) FROM changes WHERE created_at < {}",
+                d.now_minus()
+            );
+            Ok(sqlx::query_scalar(AssertSqlSafe(sql))
+                .bind(d.ago_arg(ago))
+                .fetch_one(pool)
+                .await?)
+        })
+    }
+
+    /// Set state `object`/`name` to `new` only if it is still `expected`
+    /// (`None`: absent). `false` means someone else changed it first.
+    pub async fn cas_state(
+        &self,
+        object: &str,
+        name: &str,
+        expected: Option<&serde_json::Value>,
+        new: &serde_json::Value,
+    ) -> Result<bool, DbError> {
+        let new = new.to_string();
+        let expected = expected.map(|v| v.to_string());
+        with_pool!(self, |pool, d| {
+            let n = match &expected {
+                None => {
+                    let sql = format!(
+                        "{} INTO object_state (objectname, name, value_json) VALUES (?, ?, ?)",
+                        d.insert_ignore()
+                    );
+                    sqlx::query(AssertSqlSafe(sql))
+                        .bind(object)
+                        .bind(name)
+                        .bind(&new)
+                        .execute(pool)
+                        .await?
+                        .rows_affected()
+                }
+                Some(old) => sqlx::query(
+                    "UPDATE object_state SET value_json = ? \
+                     WHERE objectname = ? AND name = ? AND value_json = ?",
+                )
+                .bind(&new)
+                .bind(object)
+                .bind(name)
+                .bind(old)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            };
+            Ok(n == 1)
+        })
+    }
+
+    /// Record `changes` and move state `object`/`name` from `expected` to
+    /// `new`, in one transaction; `None` (and nothing recorded) when the state
+    /// was no longer `expected`. A change source that crashes between polling
+    /// and recording thus neither loses nor repeats a change.
+    pub async fn add_changes_with_state(
+        &self,
+        changes: &[NewChange],
+        object: &str,
+        name: &str,
+        expected: Option<&serde_json::Value>,
+        new: &serde_json::Value,
+    ) -> Result<Option<Vec<i64>>, DbError> {
+        let new = &new.to_string();
+        let expected = &expected.map(|v| v.to_string());
+        let encoded = changes
+            .iter()
+            .map(|c| Ok((c, to_json(&c.files)?, to_json(&c.properties)?)))
+            .collect::<Result<Vec<_>, DbError>>()?;
+        let encoded = &encoded;
+        with_pool_retry!(self, |pool, d| {
+            let mut tx = pool.begin_write().await?;
+            let n = match expected {
+                None => {
+                    let sql = format!(
+                        "{} INTO object_state (objectname, name, value_json) VALUES (?, ?, ?)",
+                        d.insert_ignore()
+                    );
+                    sqlx::query(AssertSqlSafe(sql))
+                        .bind(object)
+                        .bind(name)
+                        .bind(new)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                }
+                Some(old) => sqlx::query(
+                    "UPDATE object_state SET value_json = ? \
+                     WHERE objectname = ? AND name = ? AND value_json = ?",
+                )
+                .bind(new)
+                .bind(object)
+                .bind(name)
+                .bind(old)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+            };
+            if n != 1 {
+                return Ok(None);
+            }
+            let sql = format!(
+                "INSERT INTO changes (author, comments, branch, revision, repository, project, \
+                 codebase, files, properties, when_timestamp, category, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE({tp}, {now}), ?, {now})",
+                tp = d.time_param(),
+                now = d.now()
+            );
+            let mut ids = Vec::with_capacity(encoded.len());
+            for (c, files, props) in encoded {
+                let id = sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(&c.author)
+                    .bind(&c.comments)
+                    .bind(&c.branch)
+                    .bind(&c.revision)
+                    .bind(&c.repository)
+                    .bind(&c.project)
+                    .bind(&c.codebase)
+                    .bind(files)
+                    .bind(props)
+                    .bind(c.when.map(|t| d.time_arg(t)))
+                    .bind(&c.category)
+                    .execute(&mut *tx)
+                    .await?
+                    .insert_id();
+                ids.push(id);
+            }
+            tx.commit().await?;
+            Ok(Some(ids))
+        })
+    }
+
+    /// Buildsets created by `scheduler` with an id above `after`, oldest first.
+    pub async fn buildsets_of_scheduler_after(
+        &self,
+        scheduler: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<BuildsetStatus>, DbError> {
+        with_pool!(self, |pool, d| {
+            let rows = sqlx::query(
+                "SELECT id, complete, results FROM buildsets \
+                 WHERE scheduler = ? AND id > ? ORDER BY id LIMIT ?",
+            )
+            .bind(scheduler)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(BuildsetStatus {
+                        id: r.i64("id")?,
+                        complete: r.flag("complete")?,
+                        results: r.results("results")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, DbError>>()
+        })
+    }
+
+    /// The highest id of a buildset submitted more than `ago` before the
+    /// database's now (0 if none).
+    pub async fn last_buildset_id_before(&self, ago: Duration) -> Result<i64, DbError> {
+        with_pool!(self, |pool, d| {
+            let sql = format!(
+                "SELECT COALESCE(MAX(id), 0) FROM buildsets WHERE submitted_at < {}",
+                d.now_minus()
+            );
+            Ok(sqlx::query_scalar(AssertSqlSafe(sql))
+                .bind(d.ago_arg(ago))
+                .fetch_one(pool)
+                .await?)
+        })
+    }
+
+    pub async fn buildset_status(&self, id: i64) -> Result<Option<BuildsetStatus>, DbError> {
+        with_pool!(self, |pool, d| {
+            let row = sqlx::query("SELECT id, complete, results FROM buildsets WHERE id = ?")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| {
+                Ok(BuildsetStatus {
+                    id: r.i64("id")?,
+                    complete: r.flag("complete")?,
+                    results: r.results("results")?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    /// Collapse (complete as `skipped`) the requests of `builder_id` older
+    /// than `newer` that nobody has claimed and that would build the same
+    /// codebase and branch as `ss` without a patch: the newer request
+    /// supersedes them. Returns the ids collapsed.
+    pub async fn collapse_pending(
+        &self,
+        builder_id: i64,
+        newer: i64,
+        ss: &SourceStamp,
+    ) -> Result<Vec<i64>, DbError> {
+        let candidates: Vec<i64> = with_pool!(self, |pool, d| {
+            sqlx::query_scalar(
+                "SELECT DISTINCT br.id FROM buildrequests br \
+                 JOIN buildset_sourcestamps bss ON bss.buildsetid = br.buildsetid \
+                 JOIN sourcestamps ss ON ss.id = bss.sourcestampid \
+                 WHERE br.builderid = ? AND br.id < ? AND br.complete = 0 \
+                 AND br.claimed_by_masterid IS NULL \
+                 AND ss.repository = ? AND ss.codebase = ? \
+                 AND COALESCE(ss.branch, '') = ? AND ss.patch_body IS NULL \
+                 ORDER BY br.id",
+            )
+            .bind(builder_id)
+            .bind(newer)
+            .bind(&ss.repository)
+            .bind(&ss.codebase)
+            .bind(ss.branch.clone().unwrap_or_default())
+            .fetch_all(pool)
+            .await?
+        });
+        let mut collapsed = Vec::new();
+        for id in candidates {
+            let done = with_pool_retry!(self, |pool, d| {
+                let mut tx = pool.begin_write().await?;
+                let sql = format!(
+                    "SELECT buildsetid FROM buildrequests \
+                     WHERE id = ? AND claimed_by_masterid IS NULL AND complete = 0{}",
+                    d.for_update()
+                );
+                let bs: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(bs) = bs else {
+                    return Ok(false);
+                };
+                let open = lock_open_buildsets!(tx, d, BTreeSet::from([bs]));
+                let sql = format!(
+                    "UPDATE buildrequests SET complete = 1, results = ?, complete_at = {} \
+                     WHERE id = ? AND claimed_by_masterid IS NULL AND complete = 0",
+                    d.now()
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(Results::Skipped.as_i64())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                finish_buildsets!(tx, d, open);
+                tx.commit().await?;
+                Ok::<bool, DbError>(true)
+            })?;
+            if done {
+                collapsed.push(id);
+            }
+        }
+        Ok(collapsed)
+    }
+}

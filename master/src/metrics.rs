@@ -1,0 +1,116 @@
+//! Every metric the master exports, named and described in one place.
+//!
+//! The runtime records them with the `metrics` macros using these constants;
+//! [`describe`] gives each its help text and [`HISTOGRAM_BUCKETS`] the bucket
+//! bounds the Prometheus exporter uses. Gauges that are cheaper to read than
+//! to keep up to date (pending requests per builder, connected workers) are
+//! set when `/metrics` is scraped.
+//!
+//! The gateway exports its own family, `flotilla_gateway_*` (connected
+//! masters and workers, routed messages, refused workers, master attaches
+//! and fences), from `worker-gateway`.
+
+/// Requests a claim round asked the database for (counter).
+pub const CLAIMS_ATTEMPTED: &str = "flotilla_claims_attempted_total";
+/// Requests won by a claim compare-and-swap (counter).
+pub const CLAIMS_WON: &str = "flotilla_claims_won_total";
+/// Claims a renewal found no longer ours; their builds were stopped (counter).
+pub const CLAIMS_LOST: &str = "flotilla_claims_lost_total";
+/// Seconds one claim round spent in the database (histogram).
+pub const CLAIM_SECONDS: &str = "flotilla_claim_seconds";
+/// Claims renewed (counter).
+pub const CLAIM_RENEWALS: &str = "flotilla_claim_renewals_total";
+/// Claims of dead masters or expired leases released by this master (counter).
+pub const REAPED_CLAIMS: &str = "flotilla_reaped_claims_total";
+/// Incomplete requests without a running build, per `builder` (gauge, set at scrape).
+pub const PENDING_REQUESTS: &str = "flotilla_pending_requests";
+/// Builds running on this master (gauge).
+pub const RUNNING_BUILDS: &str = "flotilla_running_builds";
+/// Build duration in seconds, per `builder` and `results` (histogram).
+pub const BUILD_DURATION: &str = "flotilla_build_duration_seconds";
+/// Builds finished on this master, per `builder` and `results` (counter).
+pub const BUILDS_FINISHED: &str = "flotilla_builds_finished_total";
+/// Workers attached to this master (gauge, set at scrape).
+pub const CONNECTED_WORKERS: &str = "flotilla_connected_workers";
+/// Database operations of the background loops that failed (counter).
+pub const DATABASE_ERRORS: &str = "flotilla_database_errors_total";
+/// Times the database became reachable again after failing (counter).
+pub const DATABASE_RECONNECTS: &str = "flotilla_database_reconnects_total";
+/// Build stop requests this master acted on (counter).
+pub const BUILDS_STOPPED: &str = "flotilla_builds_stopped_total";
+/// Janitor runs finished on this master (counter).
+pub const JANITOR_RUNS: &str = "flotilla_janitor_runs_total";
+/// Rows the janitor deleted, per `kind` (counter).
+pub const JANITOR_DELETED: &str = "flotilla_janitor_deleted_rows_total";
+/// HTTP API requests answered, per `status` class (counter).
+pub const HTTP_REQUESTS: &str = "flotilla_http_requests_total";
+
+/// Bucket bounds (seconds) of each histogram.
+pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
+    (
+        CLAIM_SECONDS,
+        &[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ],
+    ),
+    (
+        BUILD_DURATION,
+        &[
+            0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+        ],
+    ),
+];
+
+/// Gives every metric its help text (once the recorder is installed).
+pub fn describe() {
+    use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        CLAIMS_ATTEMPTED,
+        "Requests a claim round asked the database for"
+    );
+    describe_counter!(CLAIMS_WON, "Requests won by a claim compare-and-swap");
+    describe_counter!(
+        CLAIMS_LOST,
+        "Claims a renewal found no longer ours (their builds were stopped)"
+    );
+    describe_histogram!(
+        CLAIM_SECONDS,
+        Unit::Seconds,
+        "Time one claim round spent in the database"
+    );
+    describe_counter!(CLAIM_RENEWALS, "Claims renewed");
+    describe_counter!(
+        REAPED_CLAIMS,
+        "Claims of dead masters or expired leases released by this master"
+    );
+    describe_gauge!(
+        PENDING_REQUESTS,
+        "Incomplete build requests without a running build, per builder"
+    );
+    describe_gauge!(RUNNING_BUILDS, "Builds running on this master");
+    describe_histogram!(
+        BUILD_DURATION,
+        Unit::Seconds,
+        "Build duration per builder and result"
+    );
+    describe_counter!(
+        BUILDS_FINISHED,
+        "Builds finished on this master per builder and result"
+    );
+    describe_gauge!(CONNECTED_WORKERS, "Workers attached to this master");
+    describe_counter!(
+        DATABASE_ERRORS,
+        "Database operations of the background loops that failed"
+    );
+    describe_counter!(
+        DATABASE_RECONNECTS,
+        "Times the database became reachable again after failing"
+    );
+    describe_counter!(BUILDS_STOPPED, "Build stop requests this master acted on");
+    describe_counter!(JANITOR_RUNS, "Janitor runs finished on this master");
+    describe_counter!(JANITOR_DELETED, "Rows the janitor deleted, per kind");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP API requests answered, per status class"
+    );
+}

@@ -1,0 +1,194 @@
+//! Turning a scheduler's decision into a buildset: source stamps, the
+//! properties (the source's, then the scheduler's own, then `scheduler`),
+//! one request per builder at the scheduler's priority, and collapsing of
+//! the requests the new ones supersede on builders that ask for it.
+//!
+//! Also the two schedulers that are started from outside rather than by
+//! time or changes: `try` (a patch from `flotilla try`) and `triggerable`
+//! (a `trigger` step of another build).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::SchedCtx;
+use crate::config::SchedulerConfig;
+use crate::db::{DbError, NewBuildset, Patch, SourceStamp};
+
+/// A buildset that was created.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Created {
+    pub buildset_id: i64,
+    pub buildrequest_ids: Vec<i64>,
+}
+
+/// The scheduler's own properties as JSON.
+fn scheduler_properties(s: &SchedulerConfig) -> BTreeMap<String, Value> {
+    s.properties
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(Value::Null)))
+        .collect()
+}
+
+/// Creates a buildset for scheduler `s` on its builders.
+pub async fn create(
+    ctx: &SchedCtx,
+    s: &SchedulerConfig,
+    reason: String,
+    sourcestamps: Vec<SourceStamp>,
+    base_properties: BTreeMap<String, Value>,
+    parent_buildid: Option<i64>,
+) -> Result<Created, DbError> {
+    let mut properties = base_properties;
+    properties.extend(scheduler_properties(s));
+    properties.insert("scheduler".into(), Value::String(s.name.clone()));
+    let builders: Vec<(String, i64)> = s
+        .builders
+        .iter()
+        .filter_map(|b| ctx.builder_ids.get(b).map(|id| (b.clone(), *id)))
+        .collect();
+    let bs = NewBuildset {
+        reason,
+        scheduler: Some(s.name.clone()),
+        sourcestamps: sourcestamps.clone(),
+        properties,
+        builders: builders.iter().map(|(_, id)| (*id, s.priority)).collect(),
+        parent_buildid,
+        ..Default::default()
+    };
+    let (buildset_id, ids) = ctx.store.add_buildset(&bs).await?;
+    tracing::info!(scheduler = %s.name, buildset = buildset_id, requests = ?ids, "buildset created");
+    metrics::counter!("flotilla_scheduler_buildsets_total", "scheduler" => s.name.clone())
+        .increment(1);
+    if let Some(ss) = sourcestamps.first().filter(|ss| ss.patch.is_none()) {
+        for ((name, builder_id), request) in builders.iter().zip(&ids) {
+            let collapse = ctx
+                .config
+                .builder(name)
+                .is_some_and(|b| b.collapse_requests);
+            if collapse {
+                let gone = ctx
+                    .store
+                    .collapse_pending(*builder_id, *request, ss)
+                    .await?;
+                if !gone.is_empty() {
+                    tracing::info!(builder = %name, superseded_by = request, collapsed = ?gone, "collapsed pending requests");
+                }
+            }
+        }
+    }
+    Ok(Created {
+        buildset_id,
+        buildrequest_ids: ids,
+    })
+}
+
+/// What `flotilla try` sends.
+#[derive(Clone, Debug, Default)]
+pub struct TryRequest {
+    pub builders: Vec<String>,
+    pub diff: Vec<u8>,
+    pub patch_level: i32,
+    pub baserev: Option<String>,
+    pub branch: Option<String>,
+    pub repository: Option<String>,
+    pub author: String,
+    pub comment: String,
+    pub properties: BTreeMap<String, Value>,
+}
+
+/// Why a try or trigger could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Creates the buildset of a try: the patch on top of its base revision, on
+/// the requested builders, through the `try` scheduler that lists them all.
+pub async fn start_try(ctx: &SchedCtx, t: TryRequest) -> Result<Created, StartError> {
+    if t.builders.is_empty() {
+        return Err(StartError::BadRequest("name at least one builder".into()));
+    }
+    if t.diff.is_empty() {
+        return Err(StartError::BadRequest("the patch is empty".into()));
+    }
+    for b in &t.builders {
+        if !ctx.builder_ids.contains_key(b) {
+            return Err(StartError::BadRequest(format!("no builder named {b:?}")));
+        }
+    }
+    let Some(s) = ctx
+        .config
+        .schedulers
+        .iter()
+        .find(|s| s.kind == "try" && t.builders.iter().all(|b| s.builders.contains(b)))
+    else {
+        return Err(StartError::BadRequest(format!(
+            "no `try` scheduler lists every builder of {:?}",
+            t.builders
+        )));
+    };
+    // Only the builders asked for, not every builder of the scheduler.
+    let mut s = s.clone();
+    s.builders.retain(|b| t.builders.contains(b));
+    let ss = SourceStamp {
+        repository: t
+            .repository
+            .filter(|r| !r.is_empty())
+            .or_else(|| s.repository.clone())
+            .unwrap_or_default(),
+        branch: t.branch.or_else(|| s.branch.clone()),
+        revision: t.baserev,
+        patch: Some(Patch {
+            body: t.diff,
+            level: t.patch_level,
+            subdir: None,
+            author: t.author.clone(),
+            comment: t.comment.clone(),
+        }),
+        ..Default::default()
+    };
+    let reason = format!(
+        "try by {}",
+        if t.author.is_empty() {
+            "someone"
+        } else {
+            &t.author
+        }
+    );
+    Ok(create(ctx, &s, reason, vec![ss], t.properties, None).await?)
+}
+
+/// Starts triggerable scheduler `name` for build `parent_buildid`, with the
+/// parent's source stamps and properties.
+pub async fn trigger(
+    ctx: &SchedCtx,
+    name: &str,
+    parent_buildid: i64,
+    sourcestamps: Vec<SourceStamp>,
+    properties: BTreeMap<String, Value>,
+) -> Result<Created, StartError> {
+    let Some(s) = ctx
+        .config
+        .schedulers
+        .iter()
+        .find(|s| s.name == name && s.kind == "triggerable")
+    else {
+        return Err(StartError::BadRequest(format!(
+            "no triggerable scheduler named {name:?}"
+        )));
+    };
+    let reason = format!("triggered by build {parent_buildid}");
+    Ok(create(
+        ctx,
+        s,
+        reason,
+        sourcestamps,
+        properties,
+        Some(parent_buildid),
+    )
+    .await?)
+}

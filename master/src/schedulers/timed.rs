@@ -1,0 +1,136 @@
+//! The clock-driven schedulers. `periodic` builds every `interval`; its
+//! state is the time of the last tick, and the next is due one interval
+//! later (a cluster that was down longer than an interval fires once, not
+//! once per missed tick). `nightly` builds when its cron expression matches
+//! a minute in its time zone; its state is the last minute it checked, so
+//! a new owner neither repeats nor skips a minute the old one handled.
+//!
+//! Each tick first moves the state with a compare-and-swap and only then
+//! creates the buildset: two masters that both believe they own the
+//! scheduler cannot both fire, and a master that dies in between loses at
+//! most that one tick.
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use serde_json::json;
+
+use super::cron::CronExpr;
+use super::{SchedCtx, buildsets, object_name};
+use crate::config::SchedulerConfig;
+use crate::db::{DbError, SourceStamp};
+
+fn sourcestamp(s: &SchedulerConfig) -> SourceStamp {
+    SourceStamp {
+        repository: s.repository.clone().unwrap_or_default(),
+        branch: s.branch.clone(),
+        ..Default::default()
+    }
+}
+
+fn time_of(v: Option<&serde_json::Value>, key: &str) -> Option<DateTime<Utc>> {
+    v?.get(key)?.as_str()?.parse().ok()
+}
+
+pub async fn periodic(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbError> {
+    let store = &ctx.store;
+    let object = object_name(s);
+    let Some(interval) = s.interval.map(|d| d.get()) else {
+        return Ok(0);
+    };
+    let interval = TimeDelta::from_std(interval).unwrap_or(TimeDelta::MAX);
+    let now = ctx.clock.now(store).await?;
+    let old = store.get_state(&object, "state").await?;
+    let last = time_of(old.as_ref(), "last_tick");
+    let tick = match last {
+        None => now,
+        Some(last) if now >= last + interval => {
+            let due = last + interval;
+            // Keep the cadence, unless whole ticks were missed.
+            if now - due < interval { due } else { now }
+        }
+        Some(_) => return Ok(0),
+    };
+    let new = json!({ "last_tick": tick.to_rfc3339() });
+    if !store
+        .cas_state(&object, "state", old.as_ref(), &new)
+        .await?
+    {
+        return Ok(0);
+    }
+    let reason = format!(
+        "periodic scheduler {} tick at {}",
+        s.name,
+        tick.to_rfc3339()
+    );
+    buildsets::create(
+        ctx,
+        s,
+        reason,
+        vec![sourcestamp(s)],
+        Default::default(),
+        None,
+    )
+    .await?;
+    Ok(1)
+}
+
+/// Minutes checked in one tick at most (a cluster down for longer fires once).
+const MAX_MINUTES: i32 = 2 * 24 * 60;
+
+pub async fn nightly(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbError> {
+    let store = &ctx.store;
+    let object = object_name(s);
+    let Some(cron) = s.cron.as_deref().and_then(|c| CronExpr::parse(c).ok()) else {
+        return Ok(0);
+    };
+    let tz: chrono_tz::Tz = s
+        .timezone
+        .as_deref()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(chrono_tz::UTC);
+    let now = ctx.clock.now(store).await?;
+    let minute = TimeDelta::minutes(1);
+    let this_minute = now.duration_trunc(minute).unwrap_or(now);
+    let old = store.get_state(&object, "state").await?;
+    let checked = time_of(old.as_ref(), "checked_minute");
+    let mut fire_at = None;
+    if let Some(checked) = checked {
+        if this_minute <= checked {
+            return Ok(0);
+        }
+        let mut m = checked + minute;
+        let mut n = 0;
+        while m <= this_minute && n < MAX_MINUTES {
+            if cron.matches(&m.with_timezone(&tz).naive_local()) {
+                fire_at = Some(m);
+            }
+            m += minute;
+            n += 1;
+        }
+    }
+    let new = json!({ "checked_minute": this_minute.to_rfc3339() });
+    if !store
+        .cas_state(&object, "state", old.as_ref(), &new)
+        .await?
+    {
+        return Ok(0);
+    }
+    let Some(at) = fire_at else {
+        return Ok(0);
+    };
+    let reason = format!(
+        "nightly scheduler {} for {} ({})",
+        s.name,
+        at.with_timezone(&tz).format("%Y-%m-%d %H:%M"),
+        tz
+    );
+    buildsets::create(
+        ctx,
+        s,
+        reason,
+        vec![sourcestamp(s)],
+        Default::default(),
+        None,
+    )
+    .await?;
+    Ok(1)
+}
