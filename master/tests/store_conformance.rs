@@ -50,6 +50,7 @@ conformance!(
     renew_refreshes_and_reports_lost,
     expired_lease_is_released_once,
     dead_master_is_reaped,
+    a_dead_incarnation_claims_and_starts_nothing,
     two_reapers_race,
     restart_releases_older_incarnation,
     start_build_is_fenced,
@@ -347,6 +348,30 @@ async fn dead_master_is_reaped(db: &TestDb) {
     );
     let rep = s.reap_dead_masters(SHORT).await.unwrap();
     assert!(rep.dead_masters.is_empty() && rep.released.is_empty());
+}
+
+async fn a_dead_incarnation_claims_and_starts_nothing(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let b = master(&s, "b").await;
+    let bl = builder(&s, "unit").await;
+    let w = s.ensure_worker("w1", &serde_json::json!({})).await.unwrap();
+    let r = seed(&s, bl, 3, 0).await;
+    assert_eq!(s.claim_requests(a, &[r[0]]).await.unwrap(), vec![r[0]]);
+    outlive(SHORT).await;
+    assert!(s.heartbeat(b).await.unwrap());
+    assert_eq!(
+        s.reap_dead_masters(SHORT).await.unwrap().dead_masters,
+        vec![a]
+    );
+    // Woken after being declared dead, before its next heartbeat tells it so:
+    assert!(s.claim_requests(a, &[r[1]]).await.is_err());
+    assert!(s.pick_and_claim(a, &[bl], 2).await.is_err());
+    assert!(s.start_build(a, r[0], bl, w).await.unwrap().is_none());
+    let pending = s.get_request(r[1]).await.unwrap().unwrap();
+    assert_eq!(pending.claimed_by_masterid, None);
+    // The live master takes them.
+    assert_eq!(s.pick_and_claim(b, &[bl], 3).await.unwrap().len(), 3);
 }
 
 async fn two_reapers_race(db: &TestDb) {

@@ -96,8 +96,7 @@ async fn show_progress(
     if !progress {
         return;
     }
-    let key = (req.id, build.id, -1);
-    if !shown.contains_key(&key) {
+    if let std::collections::hash_map::Entry::Vacant(e) = shown.entry((req.id, build.id, -1)) {
         eprintln!(
             "request {}: build #{} of {} on worker {} (master {})",
             req.id,
@@ -106,12 +105,13 @@ async fn show_progress(
             build.worker.as_deref().unwrap_or("-"),
             build.master.as_deref().unwrap_or("-"),
         );
-        shown.insert(key, String::new());
+        e.insert(String::new());
     }
     let steps: Vec<Step> = api
         .get(&format!("/api/v1/builds/{}/steps", build.id))
         .await
         .unwrap_or_default();
+    let total = steps.len();
     for s in steps {
         let state = match (&s.started_at, &s.results) {
             (_, Some(r)) => format!("finished: {r}"),
@@ -120,7 +120,7 @@ async fn show_progress(
         };
         let key = (req.id, build.id, s.number);
         if shown.get(&key) != Some(&state) {
-            eprintln!("  [{}] step {} {state}", s.number, s.name);
+            eprintln!("  [{}/{total}] step {} {state}", s.number + 1, s.name);
             shown.insert(key, state);
         }
     }

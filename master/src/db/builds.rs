@@ -29,7 +29,9 @@ impl Store {
             let mut tx = pool.begin_write().await?;
             let sql = format!(
                 "SELECT id FROM buildrequests \
-                 WHERE id = ? AND claimed_by_masterid = ? AND complete = 0{}",
+                 WHERE id = ? AND claimed_by_masterid = ? AND complete = 0 \
+                 AND EXISTS (SELECT 1 FROM masters WHERE masters.id = buildrequests.claimed_by_masterid \
+                 AND masters.active = 1){}",
                 d.for_update()
             );
             let held: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))

@@ -30,15 +30,23 @@ macro_rules! mark_claimed {
         let ids: &[i64] = $ids;
         let sql = format!(
             "UPDATE buildrequests SET claimed_by_masterid = ?, claimed_at = {} \
-             WHERE id IN ({}) AND claimed_by_masterid IS NULL AND complete = 0",
+             WHERE id IN ({}) AND claimed_by_masterid IS NULL AND complete = 0 \
+             AND EXISTS (SELECT 1 FROM masters WHERE masters.id = ? AND masters.active = 1)",
             $d.now(),
             placeholders(ids.len())
         );
+        // An incarnation already declared dead claims nothing (it finds out at its next heartbeat).
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind($me);
         for id in ids {
             q = q.bind(id);
         }
+        q = q.bind($me);
         let n = q.execute(&mut *$tx).await?.rows_affected();
+        if n == 0 {
+            return Err(DbError::Other(
+                "claim refused: this master incarnation is no longer active".into(),
+            ));
+        }
         if n != ids.len() as u64 {
             return Err(DbError::Other(format!(
                 "claim: locked {} requests but updated {n}",
