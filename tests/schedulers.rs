@@ -111,6 +111,20 @@ name = "ab"
 kind = "any-branch"
 branches = ["a", "b"]
 builders = ["b"]
+
+[[builders]]
+name = "collapsing"
+workers = []
+collapse_requests = true
+  [[builders.steps]]
+  name = "s"
+  command = ["true"]
+
+[[schedulers]]
+name = "on-c"
+kind = "any-branch"
+branches = ["c"]
+builders = ["collapsing"]
 "#;
     let c = Cluster::start("sched_branch", ClusterSpec::new(2, 0, toml)).await;
     // Three quick changes, through both masters: one owns each scheduler.
@@ -154,6 +168,36 @@ builders = ["b"]
     assert_eq!(
         ab,
         HashSet::from([("a".into(), "ra".into()), ("b".into(), "rb".into())])
+    );
+
+    // Collapsing: each new request on branch c supersedes the pending older ones.
+    send_change(&c, 0, "c", "rc2", &[]).await;
+    send_change(&c, 1, "c", "rc3", &[]).await;
+    eventually("three buildsets on c", Duration::from_secs(20), || async {
+        (buildsets_of(&c, "on-c").await.len() == 3).then_some(())
+    })
+    .await;
+    let mut conn = c.connect_db().await;
+    let rows: Vec<(i64, Option<i64>)> = sqlx::query(
+        "SELECT CAST(br.complete AS SIGNED) AS complete, br.results FROM buildrequests br \
+         JOIN builders b ON b.id = br.builderid WHERE b.name = 'collapsing' ORDER BY br.id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.get::<i64, _>("complete"),
+            r.get::<Option<i16>, _>("results").map(i64::from),
+        )
+    })
+    .collect();
+    // 3 = skipped.
+    assert_eq!(
+        rows,
+        [(1, Some(3)), (1, Some(3)), (0, None)],
+        "collapsed requests"
     );
 
     // Webhooks: a bad or missing signature, or a malformed body, creates nothing.
@@ -515,6 +559,17 @@ builders = ["nb"]
     );
     let owner = store.object_owner("scheduler", "nightly").await.unwrap();
     assert_eq!(owner, Some(m2.id));
+    // Months later (the cluster was down): one catch-up build, not one per night.
+    clock.set(at("2026-10-25T00:00:00Z"));
+    fired += e2.tick().await;
+    assert_eq!(fired, 3, "one catch-up build after a long outage");
+    // On 2026-10-25 Paris goes back from 03:00 to 02:00: 02:30 happens
+    // twice (00:30 and 01:30 UTC) but the nightly build runs once.
+    for t in ["2026-10-25T00:31:00Z", "2026-10-25T01:31:00Z"] {
+        clock.set(at(t));
+        fired += e2.tick().await;
+    }
+    assert_eq!(fired, 4, "one build for the night the clocks go back");
 }
 
 #[test]

@@ -35,11 +35,7 @@ pub async fn sendchange(api: &ApiClient, a: SendchangeArgs) -> i32 {
     match api.post::<_, Value>("/api/v1/changes", &body).await {
         Ok(v) => {
             let id = v.get("change_id").cloned().unwrap_or(Value::Null);
-            let buildsets = v
-                .get("buildsets")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len);
-            println!("change {id} submitted; {buildsets} buildset(s) created now");
+            println!("change {id} submitted; the schedulers that match it will build it");
             exit::OK
         }
         Err(e) => e.report(),

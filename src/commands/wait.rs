@@ -63,10 +63,10 @@ pub async fn for_requests(api: &ApiClient, ids: &[i64], progress: bool) -> i32 {
             if req.complete {
                 let results = req.results.clone().unwrap_or_else(|| "unknown".into());
                 eprintln!("request {} ({}): {results}", req.id, req.builder);
-                if !is_good(&results) {
-                    if let Some(b) = builds.first() {
-                        print_failure_tail(api, b).await;
-                    }
+                if !is_good(&results)
+                    && let Some(b) = builds.first()
+                {
+                    print_failure_tail(api, b).await;
                 }
                 outcome.insert(id, results);
             }

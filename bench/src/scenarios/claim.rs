@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flotilla_master::db::{Results, Store};
@@ -59,6 +59,12 @@ struct MasterTally {
     completed: Vec<i64>,
     lost_races: u64,
     short_completions: u64,
+    /// Calls to the pick, and their total time.
+    picks: u64,
+    pick_time: Duration,
+    /// Calls to `complete_requests`, and their total time.
+    completes: u64,
+    complete_time: Duration,
 }
 
 pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
@@ -200,6 +206,17 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     report.set("completed_exactly_once", exactly_once);
     report.set("raw_per_sec", raw_rate.round());
     report.set("ratio", round3(real_rate / raw_rate));
+    let mean_ms = |n: u64, t: Duration| round3(t.as_secs_f64() * 1000.0 / n.max(1) as f64);
+    let picks: u64 = tallies.iter().map(|t| t.picks).sum();
+    let pick_time: Duration = tallies.iter().map(|t| t.pick_time).sum();
+    let completes: u64 = tallies.iter().map(|t| t.completes).sum();
+    let complete_time: Duration = tallies.iter().map(|t| t.complete_time).sum();
+    report.set("pick_mean_ms", mean_ms(picks, pick_time));
+    report.set("complete_mean_ms", mean_ms(completes, complete_time));
+    report.set(
+        "raw_pair_mean_ms",
+        round3(a.masters as f64 * 1000.0 / raw_rate),
+    );
     report.set(
         "per_master_completed",
         tallies
@@ -221,6 +238,7 @@ async fn claim_until_empty(
 ) -> anyhow::Result<MasterTally> {
     let mut tally = MasterTally::default();
     loop {
+        let t = Instant::now();
         let won: Vec<i64> = match pick {
             Pick::PerBuilder => store
                 .pick_and_claim_per_builder(me, &[(builder, batch)])
@@ -230,6 +248,8 @@ async fn claim_until_empty(
                 .collect(),
             Pick::Merged => store.pick_and_claim(me, &[builder], batch).await?,
         };
+        tally.picks += 1;
+        tally.pick_time += t.elapsed();
         if won.is_empty() {
             // Lost to another master, or the queue is empty?
             let unclaimed: Option<i64> = sqlx::query_scalar(
@@ -245,7 +265,10 @@ async fn claim_until_empty(
             tally.lost_races += 1;
             continue;
         }
+        let t = Instant::now();
         let done = store.complete_requests(me, &won, Results::Success).await?;
+        tally.completes += 1;
+        tally.complete_time += t.elapsed();
         if done.len() != won.len() {
             tally.short_completions += (won.len() - done.len()) as u64;
         }

@@ -35,6 +35,8 @@ pub enum DbError {
 /// MySQL server error numbers worth naming.
 mod mysql_codes {
     pub const ACCESS_DENIED: u16 = 1045;
+    /// MariaDB: the account authenticates another way (e.g. unix_socket).
+    pub const ACCESS_DENIED_NO_PASSWORD: u16 = 1698;
     pub const DB_ACCESS_DENIED: u16 = 1044;
     pub const UNKNOWN_DATABASE: u16 = 1049;
     pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
@@ -88,6 +90,7 @@ impl DbError {
             sqlx::Error::Database(d) => match mysql_code(d.as_ref()) {
                 Some(
                     mysql_codes::ACCESS_DENIED
+                    | mysql_codes::ACCESS_DENIED_NO_PASSWORD
                     | mysql_codes::DB_ACCESS_DENIED
                     | mysql_codes::UNKNOWN_DATABASE,
                 ) => DbError::AccessDenied(e.to_string()),

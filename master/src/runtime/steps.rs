@@ -29,6 +29,10 @@ if [ -z "$repo" ]; then
   echo "git step: no repository to check out (the source stamp names none)" >&2
   exit 2
 fi
+# These come from changes and webhooks: never let one pass for a git option.
+for arg in "$repo" "$rev" "$branch"; do
+  case "$arg" in -*) echo "git step: refusing $arg (looks like an option)" >&2; exit 2;; esac
+done
 [ -d .git ] || git init -q .
 echo "fetching $repo"
 git fetch -q --no-tags "$repo" "+refs/heads/*:refs/remotes/source/*"

@@ -60,7 +60,12 @@ pub async fn create(
     tracing::info!(scheduler = %s.name, buildset = buildset_id, requests = ?ids, "buildset created");
     metrics::counter!("flotilla_scheduler_buildsets_total", "scheduler" => s.name.clone())
         .increment(1);
-    if let Some(ss) = sourcestamps.first().filter(|ss| ss.patch.is_none()) {
+    // A triggered buildset is waited for by its parent: never collapse for it.
+    let collapsible = parent_buildid.is_none();
+    if let Some(ss) = sourcestamps
+        .first()
+        .filter(|ss| collapsible && ss.patch.is_none())
+    {
         for ((name, builder_id), request) in builders.iter().zip(&ids) {
             let collapse = ctx
                 .config

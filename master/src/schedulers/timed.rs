@@ -73,7 +73,12 @@ pub async fn periodic(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbEr
     Ok(1)
 }
 
-/// Minutes checked in one tick at most (a cluster down for longer fires once).
+fn local_key(t: &chrono::NaiveDateTime) -> String {
+    t.format("%Y-%m-%dT%H:%M").to_string()
+}
+
+/// Minutes looked back at most: a cluster that was down for days fires one
+/// catch-up build, not one per missed night.
 const MAX_MINUTES: i32 = 2 * 24 * 60;
 
 pub async fn nightly(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbError> {
@@ -92,22 +97,30 @@ pub async fn nightly(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbErr
     let this_minute = now.duration_trunc(minute).unwrap_or(now);
     let old = store.get_state(&object, "state").await?;
     let checked = time_of(old.as_ref(), "checked_minute");
+    // The local minute last fired for: when clocks go back an hour, the
+    // repeated wall-clock minute does not fire a second time.
+    let last_local = old
+        .as_ref()
+        .and_then(|v| v.get("fired_local")?.as_str().map(str::to_owned));
     let mut fire_at = None;
     if let Some(checked) = checked {
         if this_minute <= checked {
             return Ok(0);
         }
-        let mut m = checked + minute;
-        let mut n = 0;
-        while m <= this_minute && n < MAX_MINUTES {
-            if cron.matches(&m.with_timezone(&tz).naive_local()) {
+        // After a long outage only the last MAX_MINUTES are looked at.
+        let mut m = (checked + minute).max(this_minute - minute * MAX_MINUTES);
+        while m <= this_minute {
+            let local = m.with_timezone(&tz).naive_local();
+            if cron.matches(&local) && last_local.as_deref() != Some(&local_key(&local)) {
                 fire_at = Some(m);
             }
             m += minute;
-            n += 1;
         }
     }
-    let new = json!({ "checked_minute": this_minute.to_rfc3339() });
+    let fired_local = fire_at
+        .map(|m| local_key(&m.with_timezone(&tz).naive_local()))
+        .or(last_local);
+    let new = json!({ "checked_minute": this_minute.to_rfc3339(), "fired_local": fired_local });
     if !store
         .cas_state(&object, "state", old.as_ref(), &new)
         .await?
