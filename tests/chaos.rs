@@ -89,16 +89,15 @@ impl Chaos {
                     .json(&body)
                     .send()
                     .await;
-                if let Ok(r) = resp {
-                    if r.status().is_success() {
-                        if let Ok(v) = r.json::<serde_json::Value>().await {
-                            ids.push(v["buildrequest_ids"][0].as_i64().unwrap());
-                            if ids.len() % 5 == 0 {
-                                tokio::time::sleep(Duration::from_millis(250)).await;
-                            }
-                            continue;
-                        }
+                if let Ok(r) = resp
+                    && r.status().is_success()
+                    && let Ok(v) = r.json::<serde_json::Value>().await
+                {
+                    ids.push(v["buildrequest_ids"][0].as_i64().unwrap());
+                    if ids.len() % 5 == 0 {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                     }
+                    continue;
                 }
                 // That master is down (or the database is): try another soon.
                 tokio::time::sleep(Duration::from_millis(50)).await;
