@@ -224,18 +224,28 @@ impl Cluster {
         .await
     }
 
-    /// Workers attached to master `m`.
+    /// Workers attached to master `m` (the API lists them a page at a time).
     pub async fn workers_on(&self, m: usize) -> usize {
-        match self.get(&format!("{}/api/v1/workers", self.api(m))).await {
-            Some(Value::Array(ws)) => ws
+        const PAGE: usize = 500;
+        let mut n = 0;
+        for page in 0.. {
+            let url = format!(
+                "{}/api/v1/workers?connected=true&limit={PAGE}&offset={}",
+                self.api(m),
+                page * PAGE
+            );
+            let Some(Value::Array(ws)) = self.get(&url).await else {
+                break;
+            };
+            n += ws
                 .iter()
-                .filter(|w| {
-                    w["connected"] == Value::Bool(true)
-                        && w["master"].as_str() == Some(self.masters[m].name.as_str())
-                })
-                .count(),
-            _ => 0,
+                .filter(|w| w["master"].as_str() == Some(self.masters[m].name.as_str()))
+                .count();
+            if ws.len() < PAGE {
+                break;
+            }
         }
+        n
     }
 
     /// Waits until `n` workers are attached to running masters.
