@@ -111,6 +111,9 @@ pub struct GatewayArgs {
     /// Listen address (default: [gateway] listen of the cluster file).
     #[arg(long)]
     pub listen: Option<String>,
+    /// Serve Prometheus `/metrics` here (default: [gateway] metrics_listen; off when neither is set).
+    #[arg(long)]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]

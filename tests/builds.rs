@@ -252,3 +252,29 @@ workers = ["w1"]
             .unwrap();
     assert!(largest <= 128 * 1024, "a chunk of {largest} bytes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn work_submitted_to_a_master_without_workers_reaches_the_others_at_once() {
+    let mut spec = ClusterSpec::new(2, 1, "");
+    spec.builders_toml = echo_builder(&spec.worker_list());
+    // No polling to speak of: only the gateway's work-available hint can start the build.
+    spec.poll_interval = "1h";
+    let cluster = Cluster::start("hint", spec).await;
+    let workers = cluster
+        .get(&format!("{}/api/v1/workers", cluster.api(0)))
+        .await
+        .unwrap();
+    let owner = workers[0]["master"].as_str().unwrap().to_owned();
+    let other = if owner == "m1" { 1 } else { 0 };
+    // Let the worker's master settle into its (hour-long) poll wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = cluster.force(other, "echo", "hinted").await;
+    let rows = cluster
+        .wait_complete(other, &[id], Duration::from_secs(30))
+        .await;
+    assert_eq!(rows[0]["results"], "success");
+    assert_eq!(
+        cluster.builds_of(other, id).await[0]["master"],
+        owner.as_str()
+    );
+}

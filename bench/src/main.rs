@@ -112,6 +112,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parser of a whole number of at least 1 (a bad size is a bad command line, exit 2).
+pub(crate) fn positive<T>() -> clap::builder::RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: std::fmt::Display + Send + Sync + 'static,
+{
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
 async fn run(server: &str, scenario: Scenario) -> anyhow::Result<Report> {
     let name = scenario.name();
     let db = database::BenchDb::create(server, name).await?;

@@ -90,8 +90,27 @@ pub async fn gateway(a: GatewayArgs) -> i32 {
         Ok(o) => o,
         Err(code) => return code,
     };
+    let metrics_addr = a.metrics.or_else(|| config.gateway.metrics_listen.clone());
+    let metrics_server = match metrics_addr {
+        Some(m) => {
+            let l = match bind(&m, "gateway metrics").await {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            tracing::info!(addr = %m, "gateway metrics on /metrics");
+            Some(tokio::spawn(flotilla_master::http::serve_metrics_only(
+                l,
+                signals.graceful.clone(),
+            )))
+        }
+        None => None,
+    };
     tracing::info!(%addr, "gateway listening");
-    match flotilla_gateway::serve(listener, opts, signals.graceful.clone()).await {
+    let served = flotilla_gateway::serve(listener, opts, signals.graceful.clone()).await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
+    match served {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("flotilla: gateway stopped: {e}");

@@ -81,6 +81,7 @@ pub struct ClusterSpec {
     pub heartbeat_interval: &'static str,
     pub master_timeout: &'static str,
     pub shutdown_grace: &'static str,
+    pub poll_interval: &'static str,
     /// A database of the test's own (e.g. on a private server); default: a fresh one on the shared server.
     pub database_url: Option<String>,
 }
@@ -96,6 +97,7 @@ impl ClusterSpec {
             heartbeat_interval: "500ms",
             master_timeout: "4s",
             shutdown_grace: "20s",
+            poll_interval: "200ms",
             database_url: None,
         }
     }
@@ -149,9 +151,13 @@ impl Cluster {
         let gateway_port = free_port();
         let mut toml = format!(
             "[database]\nurl = \"{}\"\n\n[cluster]\nheartbeat_interval = \"{}\"\nmaster_timeout = \"{}\"\n\
-             claim_renew_interval = \"2s\"\nclaim_lease = \"60s\"\nshutdown_grace = \"{}\"\npoll_interval = \"200ms\"\n\n\
+             claim_renew_interval = \"2s\"\nclaim_lease = \"60s\"\nshutdown_grace = \"{}\"\npoll_interval = \"{}\"\n\n\
              [gateway]\nlisten = \"127.0.0.1:{gateway_port}\"\n\n",
-            db_url, spec.heartbeat_interval, spec.master_timeout, spec.shutdown_grace
+            db_url,
+            spec.heartbeat_interval,
+            spec.master_timeout,
+            spec.shutdown_grace,
+            spec.poll_interval
         );
         for (name, _) in &spec.workers {
             toml.push_str(&format!(

@@ -171,6 +171,15 @@ async fn read_link(
                     debug!(master = %handle, session = r.session, "AuthResult for a session not waiting on this master");
                 }
             }
+            Some(FromMaster::WorkAvailable(w)) => {
+                // A hint: a master with a full queue misses it and finds the work at its next poll.
+                let hint = GatewayToMaster {
+                    msg: Some(ToMaster::WorkAvailable(w)),
+                };
+                for other in registry.other_masters(link) {
+                    other.try_send(hint.clone());
+                }
+            }
             Some(FromMaster::ToWorker(t)) => {
                 let Some(inner) = t.msg.filter(|m| m.msg.is_some()) else {
                     warn!(master = %handle, session = t.session, "ignoring ToWorker without a message");

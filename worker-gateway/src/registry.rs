@@ -55,6 +55,12 @@ impl MasterHandle {
         }
     }
 
+    /// Queues a message only if there is room now: for hints that a busy
+    /// master may miss (it polls anyway).
+    pub fn try_send(&self, msg: GatewayToMaster) -> bool {
+        !self.dead.is_cancelled() && self.tx.try_send(Ok(msg)).is_ok()
+    }
+
     /// Waits for room in the master's queue (cancel-safe: nothing is lost
     /// if the wait is abandoned). `None` once the link is dead.
     pub async fn reserve(&self) -> Option<mpsc::Permit<'_, Result<GatewayToMaster, Status>>> {
@@ -209,6 +215,16 @@ impl Registry {
         }
         self.bump();
         handle
+    }
+
+    /// Every live master link except `link`, for a broadcast.
+    pub fn other_masters(&self, link: LinkId) -> Vec<MasterHandle> {
+        lock(&self.inner)
+            .masters
+            .iter()
+            .filter(|(l, _)| **l != link)
+            .map(|(_, m)| m.handle.clone())
+            .collect()
     }
 
     /// Updates a master's draining flag.

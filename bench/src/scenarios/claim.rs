@@ -26,13 +26,13 @@ use crate::seed;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Competing masters (each with its own pool).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::positive::<usize>())]
     masters: usize,
     /// Pending requests to claim and complete.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = crate::positive::<usize>())]
     requests: usize,
     /// Requests claimed (and completed) per round.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::positive::<usize>())]
     batch: usize,
     /// Connections in each master's pool.
     #[arg(long, default_value_t = 2)]

@@ -21,10 +21,10 @@ use crate::timing::{check_exactly_once, db_now, ms_between, wait_complete};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Real worker processes, all serving the one builder.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = crate::positive::<usize>())]
     workers: usize,
     /// Builds forced before the kill (round-robin over the masters).
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 24, value_parser = crate::positive::<usize>())]
     builds: usize,
     /// How long each build's step sleeps, in seconds.
     #[arg(long, default_value_t = 2.0)]

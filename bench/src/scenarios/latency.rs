@@ -22,13 +22,13 @@ use crate::timing::{check_exactly_once, now_ns, wait_complete};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::positive::<usize>())]
     masters: usize,
     /// Real worker processes, all serving the one builder.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = crate::positive::<usize>())]
     workers: usize,
     /// Builds to force, one at a time.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = crate::positive::<usize>())]
     builds: usize,
     /// `cluster.poll_interval` to run with (default: the cluster default).
     #[arg(long)]
@@ -145,9 +145,11 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
         "same_master_share",
         round3(local.len() as f64 / samples.len() as f64),
     );
-    report.set("same_master_p50_ms", round3(percentile(&local, 50.0)));
-    report.set("other_master_p50_ms", round3(percentile(&remote, 50.0)));
-    report.set("other_master_p99_ms", round3(percentile(&remote, 99.0)));
+    // null where no build was of that kind.
+    let pct = |v: &[f64], p: f64| (!v.is_empty()).then(|| round3(percentile(v, p)));
+    report.set("same_master_p50_ms", pct(&local, 50.0));
+    report.set("other_master_p50_ms", pct(&remote, 50.0));
+    report.set("other_master_p99_ms", pct(&remote, 99.0));
     drop(cluster);
     Ok(report)
 }

@@ -22,7 +22,7 @@ use crate::timing::{check_exactly_once, ms_between, wait_complete};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Size of the step's output, MiB.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = crate::positive::<u64>())]
     mb: u64,
     /// Small sizes, for CI.
     #[arg(long)]

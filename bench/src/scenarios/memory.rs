@@ -18,10 +18,10 @@ use crate::timing::{check_exactly_once, wait_complete};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Simulated workers.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::positive::<usize>())]
     workers: usize,
     /// Builds run on them after they attached.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = crate::positive::<usize>())]
     builds: usize,
     /// Small sizes, for CI.
     #[arg(long)]

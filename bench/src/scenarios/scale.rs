@@ -30,12 +30,12 @@ const BASELINE: usize = 1000;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Pending requests.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = crate::positive::<usize>())]
     pending: usize,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::positive::<usize>())]
     builders: usize,
     /// Timed claims per measurement.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = crate::positive::<usize>())]
     samples: usize,
     /// Small sizes, for CI.
     #[arg(long)]

@@ -101,6 +101,9 @@ pub struct GatewayConfig {
     /// Where masters reach the gateway(s); default `http://` + `listen`.
     #[serde(default)]
     pub urls: Vec<String>,
+    /// Where the gateway serves `/metrics` (Prometheus) and `/healthz`; off when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     #[serde(default)]
     pub tls_cert: Option<String>,
     #[serde(default)]
@@ -116,6 +119,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             listen: default_gateway_listen(),
             urls: Vec::new(),
+            metrics_listen: None,
             tls_cert: None,
             tls_key: None,
         }

@@ -109,7 +109,7 @@ pub async fn rebuild(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Va
         ..Default::default()
     };
     let (buildset_id, ids) = st.store.add_buildset(&bs).await?;
-    st.wake.notify_one();
+    st.work_submitted(&[details.builder_id]);
     Ok(Json(
         json!({"buildset_id": buildset_id, "buildrequest_ids": ids, "rebuild_of": id}),
     ))

@@ -57,3 +57,24 @@ pub async fn metrics(State(st): State<Arc<MasterState>>) -> impl IntoResponse {
     let body = install_metrics().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
+
+/// A listener that serves only `/metrics` and `/healthz`, for processes
+/// without the API (the gateway). Runs until `stop`.
+pub async fn serve_metrics_only(
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    install_metrics();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async {
+                let body = install_metrics().map(|h| h.render()).unwrap_or_default();
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use build_control::pick_up_stop_requests;
 pub use error::{ApiError, ApiResult};
-pub use metrics_route::install_metrics;
+pub use metrics_route::{install_metrics, serve_metrics_only};
 
 use crate::runtime::MasterState;
 

@@ -70,7 +70,7 @@ pub async fn try_build(
             StartError::BadRequest(m) => ApiError::BadRequest(m),
             StartError::Db(e) => ApiError::Db(e),
         })?;
-    st.wake.notify_one();
+    st.work_submitted(&[]);
     Ok(Json(json!({
         "buildset_id": created.buildset_id,
         "buildrequest_ids": created.buildrequest_ids,

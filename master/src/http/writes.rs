@@ -67,7 +67,7 @@ pub async fn force(
         ..Default::default()
     };
     let (buildset_id, ids) = st.store.add_buildset(&bs).await?;
-    st.wake.notify_one();
+    st.work_submitted(&[builder_id]);
     Ok(Json(
         json!({"buildset_id": buildset_id, "buildrequest_ids": ids}),
     ))

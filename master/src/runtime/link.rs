@@ -98,6 +98,11 @@ async fn session(state: &Arc<MasterState>, link: u64, url: &str) -> Result<(), S
     state
         .gateway_links
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    state
+        .link_senders
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(link, tx.clone());
 
     let beat = heartbeat_every(state);
     let hb_tx = tx.clone();
@@ -138,6 +143,11 @@ async fn session(state: &Arc<MasterState>, link: u64, url: &str) -> Result<(), S
     state
         .gateway_links
         .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    state
+        .link_senders
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&link);
     result
 }
 
@@ -210,6 +220,8 @@ async fn handle(
                 | None => {}
             }
         }
+        // Another master announced new work: look now rather than at the next poll.
+        Some(gateway_to_master::Msg::WorkAvailable(_)) => state.wake.notify_one(),
         Some(gateway_to_master::Msg::FromWorker(_))
         | Some(gateway_to_master::Msg::Hello(_))
         | None => {}

@@ -108,6 +108,9 @@ pub struct MasterState {
     pub db_healthy: AtomicBool,
     /// Gateway links attached now.
     pub gateway_links: AtomicUsize,
+    /// Outgoing queues of the attached gateway links, to announce new work.
+    pub(crate) link_senders:
+        Mutex<HashMap<u64, tokio::sync::mpsc::Sender<flotilla_proto::v1::MasterToGateway>>>,
     pub(crate) running: Mutex<HashMap<i64, RunningBuild>>,
     pub(crate) next_command: AtomicU64,
     pub shutdown: Shutdown,
@@ -135,6 +138,25 @@ impl MasterState {
 
     pub(crate) fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<i64, RunningBuild>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// New build requests were created here: wake this master's claim loop
+    /// and tell the other masters through the gateway(s), so they need not
+    /// wait for their next poll.
+    pub fn work_submitted(&self, builder_ids: &[i64]) {
+        self.wake.notify_one();
+        let msg = flotilla_proto::v1::MasterToGateway {
+            msg: Some(flotilla_proto::v1::master_to_gateway::Msg::WorkAvailable(
+                flotilla_proto::v1::WorkAvailable {
+                    builder_ids: builder_ids.to_vec(),
+                },
+            )),
+        };
+        let senders = self.link_senders.lock().unwrap_or_else(|e| e.into_inner());
+        for tx in senders.values() {
+            // A hint: when the link is busy the others find the work at their next poll.
+            let _ = tx.try_send(msg.clone());
+        }
     }
 
     /// Stops the builds of these requests (or all, for `None`) for `reason`.
@@ -185,6 +207,7 @@ pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterEr
         draining: AtomicBool::new(false),
         db_healthy: AtomicBool::new(true),
         gateway_links: AtomicUsize::new(0),
+        link_senders: Mutex::new(HashMap::new()),
         running: Mutex::new(HashMap::new()),
         next_command: AtomicU64::new(1),
         shutdown: shutdown.clone(),

@@ -136,7 +136,7 @@ pub async fn trigger(
             Err(StartError::Db(e)) => return Err(e),
         }
     }
-    state.wake.notify_one();
+    state.work_submitted(&[]);
     if !step.wait_for_finish {
         return Ok((Results::Success, format!("triggered {}", started.len())));
     }

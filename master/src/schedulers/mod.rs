@@ -192,7 +192,7 @@ pub async fn run(state: Arc<MasterState>, stop: CancellationToken) {
             continue;
         }
         if engine.tick().await > 0 {
-            state.wake.notify_one();
+            state.work_submitted(&[]);
         }
     }
 }
