@@ -1,12 +1,11 @@
-//! The gateway's own `/metrics`: a worker that connects shows up in its
-//! gauges and counters.
+//! The gateway's own `/metrics`: a worker that connects shows up in its gauges.
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, flotilla_bin, free_port};
+use common::cluster::Proc;
+use common::{eventually, free_port};
 
 #[tokio::test]
 async fn the_gateway_serves_prometheus_metrics() {
@@ -14,49 +13,57 @@ async fn the_gateway_serves_prometheus_metrics() {
     let config = dir.path().join("cluster.toml");
     std::fs::write(&config, "[database]\nurl = \"sqlite://unused.sqlite\"\n").unwrap();
     let (grpc, metrics) = (free_port(), free_port());
-    let mut gateway = Command::new(flotilla_bin())
-        .args(["gateway", "--config", config.to_str().unwrap()])
-        .args(["--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--metrics", &format!("127.0.0.1:{metrics}")])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut worker = Command::new(flotilla_bin())
-        .args([
+    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let _gateway = Proc::spawn(
+        "gateway",
+        &args(&[
+            "gateway",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--metrics",
+            &format!("127.0.0.1:{metrics}"),
+        ]),
+        &[],
+        dir.path(),
+    );
+    let _worker = Proc::spawn(
+        "worker",
+        &args(&[
             "worker",
             "--gateway",
             &format!("http://127.0.0.1:{grpc}"),
             "--name",
             "w1",
-        ])
-        .args([
             "--password-env",
             "PW",
             "--basedir",
             dir.path().join("w").to_str().unwrap(),
-        ])
-        .env("PW", "secret")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        ]),
+        &[("PW".to_owned(), "secret".to_owned())],
+        dir.path(),
+    );
     let url = format!("http://127.0.0.1:{metrics}/metrics");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
     let text = eventually("the worker counted", Duration::from_secs(20), || async {
-        let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        let body = http.get(&url).send().await.ok()?.text().await.ok()?;
         body.lines()
             .any(|l| l.starts_with("flotilla_gateway_connected_workers") && l.ends_with(" 1"))
             .then_some(body)
     })
     .await;
     assert!(
-        text.contains("flotilla_gateway_connected_masters"),
+        text.contains("# TYPE flotilla_gateway_connected_workers gauge"),
         "{text}"
     );
-    let health = reqwest::get(format!("http://127.0.0.1:{metrics}/healthz"))
+    let health = http
+        .get(format!("http://127.0.0.1:{metrics}/healthz"))
+        .send()
         .await
         .unwrap();
     assert!(health.status().is_success());
-    let _ = worker.kill();
-    let _ = gateway.kill();
-    let _ = worker.wait();
-    let _ = gateway.wait();
 }
