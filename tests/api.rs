@@ -11,12 +11,11 @@ use common::{Cluster, ClusterSpec, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// The admin token: the masters read it from an environment variable they
-/// inherit from the test process (cargo sets this one for every test run).
-const TOKEN_ENV: &str = "CARGO_MANIFEST_DIR";
+/// The admin token, given to the masters in this environment variable.
+const TOKEN_ENV: &str = "FLOTILLA_TEST_ADMIN_TOKEN";
 
 fn token() -> String {
-    std::env::var(TOKEN_ENV).expect("cargo sets CARGO_MANIFEST_DIR for tests")
+    "api-test-admin-token".to_owned()
 }
 
 fn cluster_toml(workers: &str) -> String {
@@ -170,6 +169,7 @@ async fn start() -> Cluster {
     let spec = ClusterSpec::new(2, 2, "");
     let spec = ClusterSpec {
         builders_toml: cluster_toml(&spec.worker_list()),
+        master_env: vec![(TOKEN_ENV.to_owned(), token())],
         ..spec
     };
     Cluster::start("api", spec).await

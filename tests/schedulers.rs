@@ -77,13 +77,12 @@ fn sign(key: &str, body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn branch_schedulers_and_webhooks_turn_changes_into_buildsets() {
-    // HOME is in every process's environment (masters inherit ours), so it
-    // serves as the shared webhook secret without touching the environment.
-    let secret = std::env::var("HOME").expect("HOME is set");
+    // The masters get the shared webhook secret in this variable.
+    let secret = "webhook-test-secret".to_owned();
     let toml = r#"
 [hooks]
-github_secret_env = "HOME"
-gitlab_token_env = "HOME"
+github_secret_env = "FLOTILLA_TEST_HOOK_SECRET"
+gitlab_token_env = "FLOTILLA_TEST_HOOK_SECRET"
 
 [[builders]]
 name = "b"
@@ -126,7 +125,9 @@ kind = "any-branch"
 branches = ["c"]
 builders = ["collapsing"]
 "#;
-    let c = Cluster::start("sched_branch", ClusterSpec::new(2, 0, toml)).await;
+    let mut spec = ClusterSpec::new(2, 0, toml);
+    spec.master_env = vec![("FLOTILLA_TEST_HOOK_SECRET".to_owned(), secret.clone())];
+    let c = Cluster::start("sched_branch", spec).await;
     // Three quick changes, through both masters: one owns each scheduler.
     send_change(&c, 0, "main", "r1", &["README"]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -82,6 +82,8 @@ pub struct ClusterSpec {
     pub master_timeout: &'static str,
     pub shutdown_grace: &'static str,
     pub poll_interval: &'static str,
+    /// Extra environment for the masters (secrets named by `*_env` keys).
+    pub master_env: Vec<(String, String)>,
     /// A database of the test's own (e.g. on a private server); default: a fresh one on the shared server.
     pub database_url: Option<String>,
 }
@@ -98,6 +100,7 @@ impl ClusterSpec {
             master_timeout: "4s",
             shutdown_grace: "20s",
             poll_interval: "200ms",
+            master_env: Vec::new(),
             database_url: None,
         }
     }
@@ -240,7 +243,7 @@ impl Cluster {
         ];
         self.boots += 1;
         let log_name = format!("master-{name}-boot{}", self.boots);
-        Proc::spawn(&log_name, &args, &[], self.dir.path())
+        Proc::spawn(&log_name, &args, &self.spec.master_env, self.dir.path())
     }
 
     /// Starts master `i` again (same name and HTTP port) after it exited or was killed.
