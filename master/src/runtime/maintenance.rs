@@ -28,6 +28,7 @@ pub async fn run(state: Arc<MasterState>, stop: CancellationToken) {
     let mut last_ok = Instant::now();
     // Since when heartbeats have succeeded without a gap.
     let mut healthy_since = Instant::now();
+    let mut rebalancer = super::rebalance::Rebalancer::default();
     let mut fenced_builds = false;
     let mut next_renew = Instant::now() + t.claim_renew_interval.get();
     let mut was_draining = false;
@@ -84,6 +85,9 @@ pub async fn run(state: Arc<MasterState>, stop: CancellationToken) {
         if let Err(e) = housekeeping(&state, may_reap, &mut was_draining, &mut next_renew).await {
             metrics::counter!(m::DATABASE_ERRORS).increment(1);
             tracing::warn!(error = %e, "maintenance step failed; will retry");
+        }
+        if let Err(e) = rebalancer.run_once(&state).await {
+            tracing::debug!(error = %e, "rebalancing idle workers failed; will retry");
         }
     }
 }

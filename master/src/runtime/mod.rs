@@ -12,6 +12,7 @@ mod build_log;
 mod claim_loop;
 mod link;
 mod maintenance;
+mod rebalance;
 mod steps;
 mod workers;
 

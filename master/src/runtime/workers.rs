@@ -222,12 +222,17 @@ impl WorkerRegistry {
     /// Hands idle workers back to the gateway (used while draining), which
     /// routes them to another master.
     pub async fn release_idle_to_gateway(&self, reason: &str) -> usize {
+        self.release_to_gateway(|_| true, reason).await
+    }
+
+    /// Hands back the idle workers `pick` selects; returns how many went.
+    pub async fn release_to_gateway(&self, pick: impl Fn(&str) -> bool, reason: &str) -> usize {
         let targets: Vec<(WorkerKey, mpsc::Sender<MasterToGateway>)> = {
             let mut inner = self.lock();
             let keys: Vec<WorkerKey> = inner
                 .workers
                 .iter()
-                .filter(|(_, w)| !w.busy)
+                .filter(|(_, w)| !w.busy && pick(&w.name))
                 .map(|(k, _)| *k)
                 .collect();
             keys.into_iter()
