@@ -132,6 +132,9 @@ pub struct WorkerArgs {
     /// Folder where builds run.
     #[arg(long)]
     pub basedir: PathBuf,
+    /// CA certificate (PEM) to trust for an https:// gateway (default: the system's roots).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,8 @@
 
 #![allow(clippy::large_enum_variant, missing_docs)]
 
+pub mod tls;
+
 pub mod v1 {
     tonic::include_proto!("flotilla.v1");
 }

@@ -193,6 +193,7 @@ async fn run_cluster(
             basedir: dir.join("worker"),
             heartbeat_interval: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
+            tls_ca: None,
         },
         worker_stop.clone(),
     ));

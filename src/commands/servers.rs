@@ -179,6 +179,7 @@ pub async fn worker(a: WorkerArgs) -> i32 {
         basedir: a.basedir,
         heartbeat_interval: Duration::from_secs(5),
         max_backoff: Duration::from_secs(10),
+        tls_ca: a.tls_ca,
     };
     match flotilla_worker::run(opts, signals.graceful.clone()).await {
         Ok(()) => exit::OK,

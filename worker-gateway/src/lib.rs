@@ -52,11 +52,7 @@ pub async fn serve(
     opts: GatewayOptions,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    if let Some(tls) = &opts.tls {
-        return Err(GatewayError::TlsNotBuiltIn {
-            cert: tls.cert.display().to_string(),
-        });
-    }
+    let tls = opts.tls.as_ref().map(server_tls).transpose()?;
     let addr = listener.local_addr()?;
     let registry = Arc::new(Registry::new(gateway_id()));
     let opts = Arc::new(opts);
@@ -100,7 +96,11 @@ pub async fn serve(
             .set_not_serving::<MasterLinkServer<MasterLinkService>>()
             .await;
     };
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
@@ -133,4 +133,18 @@ fn gateway_id() -> String {
         std::process::id(),
         rand::random::<u32>() & 0xff_ffff
     )
+}
+
+/// Loads the gateway's certificate chain and private key (PEM files).
+fn server_tls(
+    files: &options::TlsFiles,
+) -> Result<tonic::transport::ServerTlsConfig, GatewayError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| GatewayError::Tls {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    };
+    let identity = tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?);
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }

@@ -14,12 +14,9 @@ pub enum WorkerError {
         /// Why it was rejected.
         source: tonic::transport::Error,
     },
-    /// An `https://` gateway URL, but this build has no TLS support.
-    #[error("TLS not built in: cannot connect to {url}; use an http:// gateway URL")]
-    TlsNotBuiltIn {
-        /// The URL as given.
-        url: String,
-    },
+    /// The TLS settings for the gateway URL cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The worker name is empty.
     #[error("the worker name must not be empty")]
     EmptyName,

@@ -40,7 +40,7 @@ pub async fn run(opts: WorkerOptions, shutdown: CancellationToken) -> Result<(),
     if opts.name.is_empty() {
         return Err(WorkerError::EmptyName);
     }
-    let endpoint = endpoint(&opts.gateway)?;
+    let endpoint = endpoint(&opts.gateway, opts.tls_ca.as_deref())?;
     tokio::fs::create_dir_all(&opts.basedir)
         .await
         .map_err(|source| WorkerError::Basedir {
@@ -90,18 +90,16 @@ pub async fn run(opts: WorkerOptions, shutdown: CancellationToken) -> Result<(),
     Ok(())
 }
 
-fn endpoint(url: &str) -> Result<Endpoint, WorkerError> {
+fn endpoint(url: &str, tls_ca: Option<&std::path::Path>) -> Result<Endpoint, WorkerError> {
     let invalid = |source| WorkerError::InvalidGatewayUrl {
         url: url.to_owned(),
         source,
     };
-    if url.starts_with("https://") {
-        return Err(WorkerError::TlsNotBuiltIn {
-            url: url.to_owned(),
-        });
+    let mut endpoint = Endpoint::from_shared(url.to_owned()).map_err(invalid)?;
+    if let Some(tls) = flotilla_proto::tls::client_tls(url, tls_ca).map_err(WorkerError::Tls)? {
+        endpoint = endpoint.tls_config(tls).map_err(invalid)?;
     }
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(invalid)?
+    Ok(endpoint
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))

@@ -19,6 +19,8 @@ pub struct WorkerOptions {
     pub heartbeat_interval: Duration,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// CA certificate (PEM) to trust for an `https://` gateway; the system's roots when unset.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl WorkerOptions {
@@ -36,6 +38,7 @@ impl WorkerOptions {
             basedir: basedir.into(),
             heartbeat_interval: Duration::from_secs(5),
             max_backoff: Duration::from_secs(30),
+            tls_ca: None,
         }
     }
 }
@@ -49,6 +52,7 @@ impl fmt::Debug for WorkerOptions {
             .field("basedir", &self.basedir)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("max_backoff", &self.max_backoff)
+            .field("tls_ca", &self.tls_ca)
             .finish()
     }
 }

@@ -108,6 +108,9 @@ pub struct GatewayConfig {
     pub tls_cert: Option<String>,
     #[serde(default)]
     pub tls_key: Option<String>,
+    /// CA certificate (PEM) masters trust when they dial an `https://` gateway URL.
+    #[serde(default)]
+    pub tls_ca: Option<String>,
 }
 
 fn default_gateway_listen() -> String {
@@ -122,6 +125,7 @@ impl Default for GatewayConfig {
             metrics_listen: None,
             tls_cert: None,
             tls_key: None,
+            tls_ca: None,
         }
     }
 }

@@ -72,9 +72,24 @@ fn heartbeat_every(state: &MasterState) -> Duration {
 }
 
 async fn session(state: &Arc<MasterState>, link: u64, url: &str) -> Result<(), String> {
-    let mut client = MasterLinkClient::connect(url.to_owned())
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("bad gateway URL: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let ca = state
+        .config
+        .gateway
+        .tls_ca
+        .as_deref()
+        .map(std::path::Path::new);
+    if let Some(tls) = flotilla_proto::tls::client_tls(url, ca)? {
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+    }
+    let channel = endpoint
+        .connect()
         .await
-        .map_err(|e| format!("cannot connect: {e}"))?
+        .map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;
+    let mut client = MasterLinkClient::new(channel)
         .max_decoding_message_size(flotilla_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(flotilla_proto::MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<MasterToGateway>(OUTBOUND_QUEUE);
@@ -289,4 +304,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An error and its causes on one line ("transport error" alone says little).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
