@@ -416,6 +416,17 @@ impl Store {
 
     /// Cancel a request nobody has claimed yet: it completes as Cancelled.
     pub async fn cancel_pending_request(&self, id: i64) -> Result<bool, DbError> {
+        self.complete_unclaimed(id, Results::Cancelled).await
+    }
+
+    /// Complete a request nobody has claimed (cancelled, or collapsed into a
+    /// newer one), finishing its buildset if it was the last open request.
+    /// False when it was claimed, complete or missing.
+    pub(crate) async fn complete_unclaimed(
+        &self,
+        id: i64,
+        results: Results,
+    ) -> Result<bool, DbError> {
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;
             let sql = format!(
@@ -437,7 +448,7 @@ impl Store {
                 d.now()
             );
             sqlx::query(AssertSqlSafe(sql))
-                .bind(Results::Cancelled.as_i64())
+                .bind(results.as_i64())
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;

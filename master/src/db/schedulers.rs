@@ -4,14 +4,13 @@
 //! they own a scheduler, only one acts), a poller's changes recorded together
 //! with its state in one transaction, and collapsing superseded requests.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::AssertSqlSafe;
 
-use super::claims::{finish_buildsets, lock_open_buildsets};
 use super::rows::{DbRow, InsertId};
 use super::{BeginWrite, DbError, NewChange, Results, SourceStamp, Store};
 
@@ -313,35 +312,7 @@ impl Store {
         });
         let mut collapsed = Vec::new();
         for id in candidates {
-            let done = with_pool_retry!(self, |pool, d| {
-                let mut tx = pool.begin_write().await?;
-                let sql = format!(
-                    "SELECT buildsetid FROM buildrequests \
-                     WHERE id = ? AND claimed_by_masterid IS NULL AND complete = 0{}",
-                    d.for_update()
-                );
-                let bs: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(bs) = bs else {
-                    return Ok(false);
-                };
-                let open = lock_open_buildsets!(tx, d, BTreeSet::from([bs]));
-                let sql = format!(
-                    "UPDATE buildrequests SET complete = 1, results = ?, complete_at = {} \
-                     WHERE id = ? AND claimed_by_masterid IS NULL AND complete = 0",
-                    d.now()
-                );
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(Results::Skipped.as_i64())
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                finish_buildsets!(tx, d, open);
-                tx.commit().await?;
-                Ok::<bool, DbError>(true)
-            })?;
+            let done = self.complete_unclaimed(id, Results::Skipped).await?;
             if done {
                 collapsed.push(id);
             }
