@@ -30,7 +30,7 @@ use crate::config::ClusterConfig;
 use crate::db::{DbError, Store};
 
 pub use build::AbortReason;
-pub use workers::{WorkerRegistry, WorkerView};
+pub use workers::WorkerRegistry;
 
 /// What `flotilla master` (or the quickstart) hands to [`run`].
 #[derive(Debug)]

@@ -9,7 +9,6 @@ use flotilla_proto::v1::{
     CommandExit, GatewayMessage, Interrupt, MasterToGateway, Reconnect, RunCommand, ToWorker,
     gateway_message, master_to_gateway,
 };
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 /// A worker session on one gateway link.
@@ -51,13 +50,6 @@ pub struct IdleWorker {
     pub name: String,
     pub worker_id: i64,
     pub builders: Vec<i64>,
-}
-
-/// A worker as the API shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct WorkerView {
-    pub name: String,
-    pub idle: bool,
 }
 
 /// Output chunks a build may have in flight before the link waits for it.
@@ -158,10 +150,6 @@ impl WorkerRegistry {
         }
     }
 
-    pub fn is_attached(&self, key: WorkerKey) -> bool {
-        self.lock().workers.contains_key(&key)
-    }
-
     /// Sends a command to the worker; its events arrive on the returned receiver.
     pub async fn start_command(
         &self,
@@ -250,20 +238,6 @@ impl WorkerRegistry {
             let _ = tx.send(msg).await;
         }
         n
-    }
-
-    pub fn views(&self) -> Vec<WorkerView> {
-        let mut v: Vec<WorkerView> = self
-            .lock()
-            .workers
-            .values()
-            .map(|w| WorkerView {
-                name: w.name.clone(),
-                idle: !w.busy,
-            })
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
     }
 
     pub fn count(&self) -> usize {
