@@ -207,8 +207,8 @@ fn failover_ms(executions: &[Execution], kills: &[(i128, String)]) -> Vec<i128> 
         for v in victims {
             if let Some(next) = executions
                 .iter()
-                .filter(|e| e.request == v.request && e.start_ns > v.start_ns)
-                .map(|e| e.start_ns)
+                .filter(|e| e.request == v.request && e.began() > v.start_ns)
+                .map(|e| e.began())
                 .min()
             {
                 worst = worst.max((next - at) / 1_000_000);
