@@ -7,6 +7,7 @@ use sqlx::AssertSqlSafe;
 
 use super::dialect::placeholders;
 use super::rows::{DbRow, InsertId};
+use super::state::cas_state_row;
 use super::{
     BeginWrite, DbError, NewBuildset, NewChange, Patch, RequestDetails, SourceStamp, Store,
 };
@@ -34,6 +35,98 @@ fn sourcestamp<R: DbRow>(r: &R) -> Result<SourceStamp, sqlx::Error> {
         codebase: r.string("codebase")?,
         patch,
     })
+}
+
+/// A buildset's properties as (name, JSON text).
+fn encode_properties(b: &NewBuildset) -> Result<Vec<(&str, String)>, DbError> {
+    b.properties
+        .iter()
+        .map(|(k, v)| Ok((k.as_str(), to_json(v)?)))
+        .collect()
+}
+
+/// In an open write transaction `$tx`, insert buildset `$b` (a
+/// [`NewBuildset`]) with its source stamps, its properties `$props` (from
+/// [`encode_properties`]) and one request per builder; evaluates to
+/// (buildset id, request ids in the order of `$b.builders`).
+macro_rules! insert_buildset {
+    ($tx:expr, $d:expr, $b:expr, $props:expr) => {{
+        let b: &NewBuildset = $b;
+        let props: &[(&str, String)] = $props;
+        let source = b.scheduler.as_deref().unwrap_or_default();
+        let sql = format!(
+            "INSERT INTO buildsets (external_idstring, reason, submitted_at, complete, \
+             scheduler, parent_buildid) VALUES (?, ?, {}, 0, ?, ?)",
+            $d.now()
+        );
+        let bsid = sqlx::query(AssertSqlSafe(sql))
+            .bind(&b.external_idstring)
+            .bind(&b.reason)
+            .bind(&b.scheduler)
+            .bind(b.parent_buildid)
+            .execute(&mut *$tx)
+            .await?
+            .insert_id();
+        let ss_sql = format!(
+            "INSERT INTO sourcestamps (branch, revision, repository, project, codebase, \
+             patch_body, patch_level, patch_subdir, patch_author, patch_comment, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {})",
+            $d.now()
+        );
+        for ss in &b.sourcestamps {
+            let p = ss.patch.as_ref();
+            let ssid = sqlx::query(AssertSqlSafe(ss_sql.clone()))
+                .bind(&ss.branch)
+                .bind(&ss.revision)
+                .bind(&ss.repository)
+                .bind(&ss.project)
+                .bind(&ss.codebase)
+                .bind(p.map(|p| p.body.as_slice()))
+                .bind(p.map(|p| p.level))
+                .bind(p.and_then(|p| p.subdir.as_deref()))
+                .bind(p.map(|p| p.author.as_str()))
+                .bind(p.map(|p| p.comment.as_str()))
+                .execute(&mut *$tx)
+                .await?
+                .insert_id();
+            sqlx::query(
+                "INSERT INTO buildset_sourcestamps (buildsetid, sourcestampid) VALUES (?, ?)",
+            )
+            .bind(bsid)
+            .bind(ssid)
+            .execute(&mut *$tx)
+            .await?;
+        }
+        for (name, value) in props {
+            sqlx::query(
+                "INSERT INTO buildset_properties (buildsetid, name, value, source) \
+                 VALUES (?, ?, ?, ?)",
+            )
+            .bind(bsid)
+            .bind(*name)
+            .bind(value)
+            .bind(source)
+            .execute(&mut *$tx)
+            .await?;
+        }
+        let br_sql = format!(
+            "INSERT INTO buildrequests (buildsetid, builderid, priority, complete, submitted_at) \
+             VALUES (?, ?, ?, 0, {})",
+            $d.now()
+        );
+        let mut requests = Vec::with_capacity(b.builders.len());
+        for (builder, priority) in &b.builders {
+            let id = sqlx::query(AssertSqlSafe(br_sql.clone()))
+                .bind(bsid)
+                .bind(builder)
+                .bind(priority)
+                .execute(&mut *$tx)
+                .await?
+                .insert_id();
+            requests.push(id);
+        }
+        (bsid, requests)
+    }};
 }
 
 impl Store {
@@ -145,88 +238,48 @@ impl Store {
     /// per builder, in one transaction. Returns (buildset id, request ids)
     /// with request ids in the order of `b.builders`.
     pub async fn add_buildset(&self, b: &NewBuildset) -> Result<(i64, Vec<i64>), DbError> {
-        let props = b
-            .properties
-            .iter()
-            .map(|(k, v)| Ok((k, to_json(v)?)))
-            .collect::<Result<Vec<_>, DbError>>()?;
+        let props = encode_properties(b)?;
         let props = &props;
-        let source = b.scheduler.as_deref().unwrap_or_default();
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;
-            let sql = format!(
-                "INSERT INTO buildsets (external_idstring, reason, submitted_at, complete, \
-                 scheduler, parent_buildid) VALUES (?, ?, {}, 0, ?, ?)",
-                d.now()
-            );
-            let bsid = sqlx::query(AssertSqlSafe(sql))
-                .bind(&b.external_idstring)
-                .bind(&b.reason)
-                .bind(&b.scheduler)
-                .bind(b.parent_buildid)
-                .execute(&mut *tx)
-                .await?
-                .insert_id();
-            let ss_sql = format!(
-                "INSERT INTO sourcestamps (branch, revision, repository, project, codebase, \
-                 patch_body, patch_level, patch_subdir, patch_author, patch_comment, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {})",
-                d.now()
-            );
-            for ss in &b.sourcestamps {
-                let p = ss.patch.as_ref();
-                let ssid = sqlx::query(AssertSqlSafe(ss_sql.clone()))
-                    .bind(&ss.branch)
-                    .bind(&ss.revision)
-                    .bind(&ss.repository)
-                    .bind(&ss.project)
-                    .bind(&ss.codebase)
-                    .bind(p.map(|p| p.body.as_slice()))
-                    .bind(p.map(|p| p.level))
-                    .bind(p.and_then(|p| p.subdir.as_deref()))
-                    .bind(p.map(|p| p.author.as_str()))
-                    .bind(p.map(|p| p.comment.as_str()))
-                    .execute(&mut *tx)
-                    .await?
-                    .insert_id();
-                sqlx::query(
-                    "INSERT INTO buildset_sourcestamps (buildsetid, sourcestampid) VALUES (?, ?)",
-                )
-                .bind(bsid)
-                .bind(ssid)
-                .execute(&mut *tx)
-                .await?;
+            let created = insert_buildset!(tx, d, b, props);
+            tx.commit().await?;
+            Ok(created)
+        })
+    }
+
+    /// Move state `object`/`name` from `expected` (`None`: absent) to `new`
+    /// and create `buildsets`, in one transaction: a scheduler's decision and
+    /// the builds it decided on are recorded together or not at all. The
+    /// compare-and-swap comes first; `None` (and nothing created) when the
+    /// state was no longer `expected`. Otherwise (buildset id, request ids)
+    /// per buildset, as [`Store::add_buildset`] returns them, in order.
+    pub async fn add_buildsets_with_state(
+        &self,
+        buildsets: &[NewBuildset],
+        object: &str,
+        name: &str,
+        expected: Option<&serde_json::Value>,
+        new: &serde_json::Value,
+    ) -> Result<Option<Vec<(i64, Vec<i64>)>>, DbError> {
+        let new = &new.to_string();
+        let expected = &expected.map(|v| v.to_string());
+        let encoded = buildsets
+            .iter()
+            .map(|b| Ok((b, encode_properties(b)?)))
+            .collect::<Result<Vec<_>, DbError>>()?;
+        let encoded = &encoded;
+        with_pool_retry!(self, |pool, d| {
+            let mut tx = pool.begin_write().await?;
+            if !cas_state_row!(&mut *tx, d, object, name, expected.as_deref(), new) {
+                return Ok(None);
             }
-            for (name, value) in props {
-                sqlx::query(
-                    "INSERT INTO buildset_properties (buildsetid, name, value, source) \
-                     VALUES (?, ?, ?, ?)",
-                )
-                .bind(bsid)
-                .bind(name.as_str())
-                .bind(value)
-                .bind(source)
-                .execute(&mut *tx)
-                .await?;
-            }
-            let br_sql = format!(
-                "INSERT INTO buildrequests (buildsetid, builderid, priority, complete, submitted_at) \
-                 VALUES (?, ?, ?, 0, {})",
-                d.now()
-            );
-            let mut requests = Vec::with_capacity(b.builders.len());
-            for (builder, priority) in &b.builders {
-                let id = sqlx::query(AssertSqlSafe(br_sql.clone()))
-                    .bind(bsid)
-                    .bind(builder)
-                    .bind(priority)
-                    .execute(&mut *tx)
-                    .await?
-                    .insert_id();
-                requests.push(id);
+            let mut created = Vec::with_capacity(encoded.len());
+            for (b, props) in encoded {
+                created.push(insert_buildset!(tx, d, b, props));
             }
             tx.commit().await?;
-            Ok((bsid, requests))
+            Ok(Some(created))
         })
     }
 

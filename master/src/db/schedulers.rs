@@ -12,6 +12,7 @@ use serde::Serialize;
 use sqlx::AssertSqlSafe;
 
 use super::rows::{DbRow, InsertId};
+use super::state::cas_state_row;
 use super::{BeginWrite, DbError, NewChange, Results, SourceStamp, Store};
 
 /// A recorded change, as schedulers see it.
@@ -109,33 +110,14 @@ impl Store {
         let new = new.to_string();
         let expected = expected.map(|v| v.to_string());
         with_pool!(self, |pool, d| {
-            let n = match &expected {
-                None => {
-                    let sql = format!(
-                        "{} INTO object_state (objectname, name, value_json) VALUES (?, ?, ?)",
-                        d.insert_ignore()
-                    );
-                    sqlx::query(AssertSqlSafe(sql))
-                        .bind(object)
-                        .bind(name)
-                        .bind(&new)
-                        .execute(pool)
-                        .await?
-                        .rows_affected()
-                }
-                Some(old) => sqlx::query(
-                    "UPDATE object_state SET value_json = ? \
-                     WHERE objectname = ? AND name = ? AND value_json = ?",
-                )
-                .bind(&new)
-                .bind(object)
-                .bind(name)
-                .bind(old)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-            };
-            Ok(n == 1)
+            Ok(cas_state_row!(
+                pool,
+                d,
+                object,
+                name,
+                expected.as_deref(),
+                &new
+            ))
         })
     }
 
@@ -160,33 +142,7 @@ impl Store {
         let encoded = &encoded;
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;
-            let n = match expected {
-                None => {
-                    let sql = format!(
-                        "{} INTO object_state (objectname, name, value_json) VALUES (?, ?, ?)",
-                        d.insert_ignore()
-                    );
-                    sqlx::query(AssertSqlSafe(sql))
-                        .bind(object)
-                        .bind(name)
-                        .bind(new)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                }
-                Some(old) => sqlx::query(
-                    "UPDATE object_state SET value_json = ? \
-                     WHERE objectname = ? AND name = ? AND value_json = ?",
-                )
-                .bind(new)
-                .bind(object)
-                .bind(name)
-                .bind(old)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-            };
-            if n != 1 {
+            if !cas_state_row!(&mut *tx, d, object, name, expected.as_deref(), new) {
                 return Ok(None);
             }
             let sql = format!(

@@ -12,6 +12,48 @@ use sqlx::AssertSqlSafe;
 
 use super::{DbError, MasterId, Store};
 
+/// Move state `$object`/`$name` from `$expected` (JSON text, `None`: absent)
+/// to `$new` (JSON text) through `$exec` — a pool, or `&mut *tx` inside an
+/// open write transaction — and evaluate to whether this move won. Absent
+/// state is created with an insert that leaves a concurrent creator's row
+/// alone; present state is updated only where it still holds `$expected`.
+macro_rules! cas_state_row {
+    ($exec:expr, $d:expr, $object:expr, $name:expr, $expected:expr, $new:expr) => {{
+        let object: &str = $object;
+        let name: &str = $name;
+        let expected: Option<&str> = $expected;
+        let new: &str = $new;
+        let changed = match expected {
+            None => {
+                let sql = format!(
+                    "{} INTO object_state (objectname, name, value_json) VALUES (?, ?, ?)",
+                    $d.insert_ignore()
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(object)
+                    .bind(name)
+                    .bind(new)
+                    .execute($exec)
+                    .await?
+                    .rows_affected()
+            }
+            Some(old) => sqlx::query(
+                "UPDATE object_state SET value_json = ? \
+                 WHERE objectname = ? AND name = ? AND value_json = ?",
+            )
+            .bind(new)
+            .bind(object)
+            .bind(name)
+            .bind(old)
+            .execute($exec)
+            .await?
+            .rows_affected(),
+        };
+        changed == 1
+    }};
+}
+pub(crate) use cas_state_row;
+
 impl Store {
     pub async fn get_state(
         &self,

@@ -1,7 +1,10 @@
 //! Turning a scheduler's decision into a buildset: source stamps, the
 //! properties (the source's, then the scheduler's own, then `scheduler`),
 //! one request per builder at the scheduler's priority, and collapsing of
-//! the requests the new ones supersede on builders that ask for it.
+//! the requests the new ones supersede on builders that ask for it. The
+//! schedulers that fire by time, changes or upstream builds create theirs
+//! with [`create_with_state`], in one transaction with the move of their
+//! state that records the firing.
 //!
 //! Also the two schedulers that are started from outside rather than by
 //! time or changes: `try` (a patch from `flotilla try`) and `triggerable`
@@ -30,19 +33,41 @@ fn scheduler_properties(s: &SchedulerConfig) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Creates a buildset for scheduler `s` on its builders.
-pub async fn create(
+/// One buildset a scheduler decided on: why, what to build, and the
+/// properties of its source.
+#[derive(Clone, Debug, Default)]
+pub struct Firing {
+    pub reason: String,
+    pub sourcestamps: Vec<SourceStamp>,
+    pub properties: BTreeMap<String, Value>,
+}
+
+/// The move of a scheduler's `object_state` row that records its decision:
+/// from `expected` (`None`: absent) to `new`.
+#[derive(Clone, Copy, Debug)]
+pub struct StateMove<'a> {
+    pub object: &'a str,
+    pub name: &'a str,
+    pub expected: Option<&'a Value>,
+    pub new: &'a Value,
+}
+
+/// The (name, id) of the builders a buildset of scheduler `s` is for.
+type Builders = Vec<(String, i64)>;
+
+/// The buildset for scheduler `s` on its builders, not yet created.
+fn plan(
     ctx: &SchedCtx,
     s: &SchedulerConfig,
     reason: String,
     sourcestamps: Vec<SourceStamp>,
     base_properties: BTreeMap<String, Value>,
     parent_buildid: Option<i64>,
-) -> Result<Created, DbError> {
+) -> (NewBuildset, Builders) {
     let mut properties = base_properties;
     properties.extend(scheduler_properties(s));
     properties.insert("scheduler".into(), Value::String(s.name.clone()));
-    let builders: Vec<(String, i64)> = s
+    let builders: Builders = s
         .builders
         .iter()
         .filter_map(|b| ctx.builder_ids.get(b).map(|id| (b.clone(), *id)))
@@ -50,19 +75,33 @@ pub async fn create(
     let bs = NewBuildset {
         reason,
         scheduler: Some(s.name.clone()),
-        sourcestamps: sourcestamps.clone(),
+        sourcestamps,
         properties,
         builders: builders.iter().map(|(_, id)| (*id, s.priority)).collect(),
         parent_buildid,
         ..Default::default()
     };
-    let (buildset_id, ids) = ctx.store.add_buildset(&bs).await?;
+    (bs, builders)
+}
+
+/// After `bs` was created as `buildset_id` with requests `ids` (one per
+/// entry of `builders`): count it and collapse the requests its new ones
+/// supersede.
+async fn created(
+    ctx: &SchedCtx,
+    s: &SchedulerConfig,
+    bs: &NewBuildset,
+    builders: &Builders,
+    buildset_id: i64,
+    ids: Vec<i64>,
+) -> Result<Created, DbError> {
     tracing::info!(scheduler = %s.name, buildset = buildset_id, requests = ?ids, "buildset created");
     metrics::counter!("flotilla_scheduler_buildsets_total", "scheduler" => s.name.clone())
         .increment(1);
     // A triggered buildset is waited for by its parent: never collapse for it.
-    let collapsible = parent_buildid.is_none();
-    if let Some(ss) = sourcestamps
+    let collapsible = bs.parent_buildid.is_none();
+    if let Some(ss) = bs
+        .sourcestamps
         .first()
         .filter(|ss| collapsible && ss.patch.is_none())
     {
@@ -86,6 +125,62 @@ pub async fn create(
         buildset_id,
         buildrequest_ids: ids,
     })
+}
+
+/// Creates a buildset for scheduler `s` on its builders.
+pub async fn create(
+    ctx: &SchedCtx,
+    s: &SchedulerConfig,
+    reason: String,
+    sourcestamps: Vec<SourceStamp>,
+    base_properties: BTreeMap<String, Value>,
+    parent_buildid: Option<i64>,
+) -> Result<Created, DbError> {
+    let (bs, builders) = plan(
+        ctx,
+        s,
+        reason,
+        sourcestamps,
+        base_properties,
+        parent_buildid,
+    );
+    let (buildset_id, ids) = ctx.store.add_buildset(&bs).await?;
+    created(ctx, s, &bs, &builders, buildset_id, ids).await
+}
+
+/// Creates the buildsets of `firings` for scheduler `s` in the same
+/// transaction that makes `state` move, so a firing is recorded exactly when
+/// its buildset is: a master that dies half-way has done both or neither.
+/// `None` (and nothing created) when the state had already moved: another
+/// owner acted. Collapsing superseded requests follows the commit.
+pub async fn create_with_state(
+    ctx: &SchedCtx,
+    s: &SchedulerConfig,
+    firings: Vec<Firing>,
+    state: StateMove<'_>,
+) -> Result<Option<Vec<Created>>, DbError> {
+    let (buildsets, builders): (Vec<NewBuildset>, Vec<Builders>) = firings
+        .into_iter()
+        .map(|f| plan(ctx, s, f.reason, f.sourcestamps, f.properties, None))
+        .unzip();
+    let Some(ids) = ctx
+        .store
+        .add_buildsets_with_state(
+            &buildsets,
+            state.object,
+            state.name,
+            state.expected,
+            state.new,
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for ((bs, builders), (buildset_id, requests)) in buildsets.iter().zip(&builders).zip(ids) {
+        out.push(created(ctx, s, bs, builders, buildset_id, requests).await?);
+    }
+    Ok(Some(out))
 }
 
 /// What `flotilla try` sends.

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::buildsets::{Firing, StateMove};
 use super::{SchedCtx, buildsets, object_name};
 use crate::config::SchedulerConfig;
 use crate::db::{ChangeRow, DbError, SourceStamp};
@@ -137,34 +138,54 @@ pub async fn tick(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbError>
         .collect();
     fired.extend(ready.iter().filter_map(|b| st.pending.remove(b)));
     let new = serde_json::to_value(&st).map_err(|e| DbError::Other(e.to_string()))?;
-    if old.as_ref() != Some(&new)
-        && !store
-            .cas_state(&object, "state", old.as_ref(), &new)
-            .await?
-    {
-        tracing::debug!(scheduler = %s.name, "state changed under us; another master acted");
+    if fired.is_empty() {
+        // Nothing to build: only the watermark and pending changes move on.
+        if old.as_ref() != Some(&new)
+            && !store
+                .cas_state(&object, "state", old.as_ref(), &new)
+                .await?
+        {
+            tracing::debug!(scheduler = %s.name, "state changed under us; another master acted");
+        }
         return Ok(0);
     }
-    for p in &fired {
-        let c = &p.latest;
-        let ss = SourceStamp {
+    let firings = fired.iter().map(|p| firing(s, p)).collect();
+    let state = StateMove {
+        object: &object,
+        name: "state",
+        expected: old.as_ref(),
+        new: &new,
+    };
+    match buildsets::create_with_state(ctx, s, firings, state).await? {
+        Some(created) => Ok(created.len()),
+        None => {
+            tracing::debug!(scheduler = %s.name, "state changed under us; another master acted");
+            Ok(0)
+        }
+    }
+}
+
+/// The buildset for the changes `p` waiting on one branch: its latest change.
+fn firing(s: &SchedulerConfig, p: &Pending) -> Firing {
+    let c = &p.latest;
+    Firing {
+        reason: format!(
+            "scheduler {}: {} change(s) on branch {}, last {}",
+            s.name,
+            p.changes.len(),
+            c.branch.as_deref().unwrap_or("-"),
+            c.id
+        ),
+        sourcestamps: vec![SourceStamp {
             repository: c.repository.clone(),
             branch: c.branch.clone(),
             revision: c.revision.clone(),
             project: c.project.clone(),
             codebase: c.codebase.clone(),
             patch: None,
-        };
-        let reason = format!(
-            "scheduler {}: {} change(s) on branch {}, last {}",
-            s.name,
-            p.changes.len(),
-            c.branch.as_deref().unwrap_or("-"),
-            c.id
-        );
-        buildsets::create(ctx, s, reason, vec![ss], c.properties.clone(), None).await?;
+        }],
+        properties: c.properties.clone(),
     }
-    Ok(fired.len())
 }
 
 #[cfg(test)]

@@ -3,9 +3,12 @@
 //! on its own builders. Upstream buildsets are taken in id order; the
 //! watermark (the last one handled) is its database state, so each upstream
 //! buildset is considered exactly once, whichever master owns the scheduler.
+//! The watermark moves in the same transaction that creates the buildsets it
+//! decided on, so a master that dies mid-tick loses none of them.
 
 use serde_json::json;
 
+use super::buildsets::{Firing, StateMove};
 use super::{SchedCtx, buildsets, object_name};
 use crate::config::SchedulerConfig;
 use crate::db::{DbError, RequestFilter, Results};
@@ -48,12 +51,9 @@ pub async fn tick(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbError>
     if old.as_ref() == Some(&new) {
         return Ok(0);
     }
-    if !store
-        .cas_state(&object, "state", old.as_ref(), &new)
-        .await?
-    {
-        return Ok(0);
-    }
+    // What to build is read before the move, so the move and the buildsets
+    // can be one transaction.
+    let mut firings = Vec::with_capacity(succeeded.len());
     for id in &succeeded {
         let filter = RequestFilter {
             buildset_id: Some(*id),
@@ -66,19 +66,27 @@ pub async fn tick(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbError>
         let Some(details) = store.request_details(&[req.id]).await?.pop() else {
             continue;
         };
-        let reason = format!(
-            "dependent scheduler {}: upstream buildset {id} succeeded",
-            s.name
-        );
-        buildsets::create(
-            ctx,
-            s,
-            reason,
-            details.sourcestamps,
-            details.properties,
-            None,
-        )
-        .await?;
+        firings.push(Firing {
+            reason: format!(
+                "dependent scheduler {}: upstream buildset {id} succeeded",
+                s.name
+            ),
+            sourcestamps: details.sourcestamps,
+            properties: details.properties,
+        });
     }
-    Ok(succeeded.len())
+    if firings.is_empty() {
+        store
+            .cas_state(&object, "state", old.as_ref(), &new)
+            .await?;
+        return Ok(0);
+    }
+    let state = StateMove {
+        object: &object,
+        name: "state",
+        expected: old.as_ref(),
+        new: &new,
+    };
+    let created = buildsets::create_with_state(ctx, s, firings, state).await?;
+    Ok(created.map_or(0, |c| c.len()))
 }

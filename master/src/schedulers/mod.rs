@@ -8,9 +8,11 @@
 //! at once. All of a scheduler's memory — the last change it saw, the
 //! changes waiting for the tree to be stable, the last periodic tick, the
 //! last nightly minute checked, the last upstream buildset — lives in its
-//! database state (`object_state`), moved by compare-and-swap before any
-//! buildset is created, so a new owner continues exactly where the old one
-//! stopped and two owners can never both fire.
+//! database state (`object_state`), moved by compare-and-swap in the same
+//! transaction that creates the buildsets the move decided on
+//! ([`buildsets::create_with_state`]), so a new owner continues exactly
+//! where the old one stopped, two owners can never both fire, and a master
+//! that dies mid-tick loses no firing.
 //!
 //! Changes reach the owner through the database: a change submitted to any
 //! master is read by the owning master's next tick ([`on_change`] only

@@ -5,14 +5,17 @@
 //! a minute in its time zone; its state is the last minute it checked, so
 //! a new owner neither repeats nor skips a minute the old one handled.
 //!
-//! Each tick first moves the state with a compare-and-swap and only then
-//! creates the buildset: two masters that both believe they own the
-//! scheduler cannot both fire, and a master that dies in between loses at
-//! most that one tick.
+//! A tick that fires moves the state with a compare-and-swap in the same
+//! transaction that creates its buildset: two masters that both believe
+//! they own the scheduler cannot both fire, and a master that dies during
+//! a tick has either fired (state and buildset both recorded) or not (the
+//! next owner fires instead); no firing is lost. A nightly check of minutes
+//! that match nothing only moves the state.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::json;
 
+use super::buildsets::{Firing, StateMove};
 use super::cron::CronExpr;
 use super::{SchedCtx, buildsets, object_name};
 use crate::config::SchedulerConfig;
@@ -50,27 +53,23 @@ pub async fn periodic(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbEr
         Some(_) => return Ok(0),
     };
     let new = json!({ "last_tick": tick.to_rfc3339() });
-    if !store
-        .cas_state(&object, "state", old.as_ref(), &new)
-        .await?
-    {
-        return Ok(0);
-    }
-    let reason = format!(
-        "periodic scheduler {} tick at {}",
-        s.name,
-        tick.to_rfc3339()
-    );
-    buildsets::create(
-        ctx,
-        s,
-        reason,
-        vec![sourcestamp(s)],
-        Default::default(),
-        None,
-    )
-    .await?;
-    Ok(1)
+    let firing = Firing {
+        reason: format!(
+            "periodic scheduler {} tick at {}",
+            s.name,
+            tick.to_rfc3339()
+        ),
+        sourcestamps: vec![sourcestamp(s)],
+        properties: Default::default(),
+    };
+    let state = StateMove {
+        object: &object,
+        name: "state",
+        expected: old.as_ref(),
+        new: &new,
+    };
+    let created = buildsets::create_with_state(ctx, s, vec![firing], state).await?;
+    Ok(created.map_or(0, |c| c.len()))
 }
 
 fn local_key(t: &chrono::NaiveDateTime) -> String {
@@ -121,29 +120,29 @@ pub async fn nightly(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbErr
         .map(|m| local_key(&m.with_timezone(&tz).naive_local()))
         .or(last_local);
     let new = json!({ "checked_minute": this_minute.to_rfc3339(), "fired_local": fired_local });
-    if !store
-        .cas_state(&object, "state", old.as_ref(), &new)
-        .await?
-    {
-        return Ok(0);
-    }
     let Some(at) = fire_at else {
+        // Nothing to build: only the minutes checked move on.
+        store
+            .cas_state(&object, "state", old.as_ref(), &new)
+            .await?;
         return Ok(0);
     };
-    let reason = format!(
-        "nightly scheduler {} for {} ({})",
-        s.name,
-        at.with_timezone(&tz).format("%Y-%m-%d %H:%M"),
-        tz
-    );
-    buildsets::create(
-        ctx,
-        s,
-        reason,
-        vec![sourcestamp(s)],
-        Default::default(),
-        None,
-    )
-    .await?;
-    Ok(1)
+    let firing = Firing {
+        reason: format!(
+            "nightly scheduler {} for {} ({})",
+            s.name,
+            at.with_timezone(&tz).format("%Y-%m-%d %H:%M"),
+            tz
+        ),
+        sourcestamps: vec![sourcestamp(s)],
+        properties: Default::default(),
+    };
+    let state = StateMove {
+        object: &object,
+        name: "state",
+        expected: old.as_ref(),
+        new: &new,
+    };
+    let created = buildsets::create_with_state(ctx, s, vec![firing], state).await?;
+    Ok(created.map_or(0, |c| c.len()))
 }
