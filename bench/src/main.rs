@@ -10,7 +10,8 @@
 //! figures): `claim`, `latency`, `scale`, `failover`, `memory`, `logs`.
 //! `--quick` runs any of them at a small size, for CI.
 //!
-//! Modules: [`database`] (the throw-away database), [`seed`] (bulk SQL that
+//! Modules: [`database`] (the throw-away database), [`delay_proxy`]
+//! (added network latency to the database), [`seed`] (bulk SQL that
 //! fills the queue), [`procs`] (child processes and their memory),
 //! [`cluster`] (a cluster of real `flotilla` processes), [`sim_worker`]
 //! (light simulated workers speaking the gateway protocol), [`stats`],
@@ -19,6 +20,7 @@
 
 mod cluster;
 mod database;
+mod delay_proxy;
 mod procs;
 mod report;
 mod scenarios;

@@ -20,6 +20,7 @@ use sqlx::Executor;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
 use crate::database::BenchDb;
+use crate::delay_proxy;
 use crate::report::{Report, round3};
 use crate::seed;
 
@@ -40,6 +41,12 @@ pub struct Args {
     /// Which pick to run.
     #[arg(long, value_enum, default_value_t = Pick::PerBuilder)]
     pick: Pick,
+    /// Added round-trip time to the database, in milliseconds (a relay on
+    /// loopback delays each direction by half): the masters' and the bare
+    /// baseline's connections go through it, as if the database were on
+    /// another host. 0: direct.
+    #[arg(long, default_value_t = 0.0)]
+    db_rtt_ms: f64,
     /// Small sizes, for CI.
     #[arg(long)]
     quick: bool,
@@ -81,6 +88,23 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     report.set("batch", a.batch);
     report.set("pool", a.pool);
     report.set("pick", format!("{:?}", a.pick));
+    anyhow::ensure!(
+        a.db_rtt_ms.is_finite() && a.db_rtt_ms >= 0.0,
+        "--db-rtt-ms must be a non-negative number"
+    );
+    // Where the competing stores and the bare baseline connect.
+    let url = if a.db_rtt_ms > 0.0 {
+        let one_way = Duration::from_secs_f64(a.db_rtt_ms / 2000.0);
+        let (_, target) = delay_proxy::reroute(&db.url, 0)?;
+        let proxy = delay_proxy::DelayProxy::start(target, one_way)?;
+        let (url, _) = delay_proxy::reroute(&db.url, proxy.port)?;
+        let rtt = measured_rtt_ms(&url).await?;
+        eprintln!("[claim] database round trip through the relay: {rtt:.3} ms");
+        report.set("db_rtt_ms", round3(rtt));
+        url
+    } else {
+        db.url.clone()
+    };
 
     let builders = seed::builders(db, "claim", 2).await?;
     let (real_builder, raw_builder) = (builders[0], builders[1]);
@@ -91,7 +115,7 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     // Real claim code.
     let mut stores = Vec::new();
     for i in 0..a.masters {
-        let store = Store::connect_with(&db.url, a.pool).await?;
+        let store = Store::connect_with(&url, a.pool).await?;
         let me = store.register_master(&format!("bench-m{i}")).await?;
         stores.push((store, me.id));
     }
@@ -120,7 +144,7 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut pools = Vec::new();
     for _ in 0..a.masters {
-        pools.push(raw_pool(&db.url, a.pool).await?);
+        pools.push(raw_pool(&url, a.pool).await?);
     }
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -276,10 +300,25 @@ async fn claim_until_empty(
     }
 }
 
+/// Median time of a trivial query over one connection to `url`.
+async fn measured_rtt_ms(url: &str) -> anyhow::Result<f64> {
+    let pool = raw_pool(url, 1).await?;
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        sqlx::query("SELECT 1").execute(&pool).await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    pool.close().await;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
 async fn raw_pool(url: &str, connections: u32) -> anyhow::Result<MySqlPool> {
     // The same session settings as the Store's pool.
     Ok(MySqlPoolOptions::new()
         .max_connections(connections)
+        .test_before_acquire(false)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute("SET time_zone = '+00:00'").await?;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use sqlx::AssertSqlSafe;
 
-use super::claims::{finish_buildsets, lock_open_buildsets};
+use super::buildset_finish::{finish_buildsets, lock_open_buildsets};
 use super::error::is_unique_violation;
 use super::rows::{DbRow, InsertId};
 use super::{BeginWrite, BuildRow, DbError, MasterId, Results, Store};

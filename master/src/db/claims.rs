@@ -7,6 +7,9 @@
 //! other's candidates instead of queueing on the oldest row; on SQLite
 //! `BEGIN IMMEDIATE` holds the database's single write lock. The `UPDATE`
 //! repeats the compare-and-swap condition and must touch every locked row.
+//! On MySQL the two hot transactions — the per-builder pick the claim loop
+//! runs and completing requests — go to the server as one script each
+//! (`mysql_script`), the same statements in one round trip.
 //!
 //! Releasing someone else's claim (expired lease, dead master, older
 //! incarnation) is one compare-and-swap per row naming the old owner and the
@@ -19,9 +22,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
+use super::buildset_finish::{finish_buildsets, lock_open_buildsets};
 use super::dialect::placeholders;
 use super::rows::DbRow;
-use super::{BeginWrite, DbError, MasterId, Renewal, Results, Store};
+use super::{
+    BeginWrite, DbError, MasterId, Pool, Renewal, Results, Store, mysql_script, retry_conflicts,
+};
 
 /// In an open write transaction `$tx`, claim for `$me` the rows `$ids` that
 /// the caller has just locked; fails if any of them did not change.
@@ -42,84 +48,19 @@ macro_rules! mark_claimed {
         }
         q = q.bind($me);
         let n = q.execute(&mut *$tx).await?.rows_affected();
-        if n == 0 {
-            return Err(DbError::Other(
-                "claim refused: this master incarnation is no longer active".into(),
-            ));
-        }
         if n != ids.len() as u64 {
-            return Err(DbError::Other(format!(
-                "claim: locked {} requests but updated {n}",
-                ids.len()
-            )));
+            // Release the locked candidates now: a transaction merely dropped
+            // rolls back only when its connection is next used, and until then
+            // other masters' pick would skip those rows.
+            $tx.rollback().await?;
+            return Err(DbError::Other(if n == 0 {
+                "claim refused: this master incarnation is no longer active".into()
+            } else {
+                format!("claim: locked {} requests but updated {n}", ids.len())
+            }));
         }
     }};
 }
-
-/// In an open write transaction `$tx`, lock the buildset rows `$bsids` that
-/// are still open, in id order, and evaluate to that set. Completing a
-/// request must take this lock *before* updating the request: two masters
-/// finishing the last two requests of one buildset then cannot both miss it,
-/// and on MySQL the foreign-key check of the request update (a shared lock on
-/// the buildset row) cannot deadlock with another completer.
-macro_rules! lock_open_buildsets {
-    ($tx:expr, $d:expr, $bsids:expr) => {{
-        let bsids: BTreeSet<i64> = $bsids;
-        let sql = format!(
-            "SELECT id FROM buildsets WHERE id = ? AND complete = 0{}",
-            $d.for_update()
-        );
-        let mut open = BTreeSet::new();
-        for bs in bsids {
-            let row: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.clone()))
-                .bind(bs)
-                .fetch_optional(&mut *$tx)
-                .await?;
-            open.extend(row);
-        }
-        open
-    }};
-}
-pub(crate) use lock_open_buildsets;
-
-/// In an open write transaction `$tx`, complete the buildsets among `$open`
-/// (locked by [`lock_open_buildsets`]) whose requests are now all complete,
-/// with the worst of their results.
-macro_rules! finish_buildsets {
-    ($tx:expr, $d:expr, $open:expr) => {{
-        let open: BTreeSet<i64> = $open;
-        for bs in open {
-            let unfinished: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM buildrequests WHERE buildsetid = ? AND complete = 0 LIMIT 1",
-            )
-            .bind(bs)
-            .fetch_optional(&mut *$tx)
-            .await?;
-            if unfinished.is_some() {
-                continue;
-            }
-            let results: Vec<Option<i64>> =
-                sqlx::query_scalar("SELECT results FROM buildrequests WHERE buildsetid = ?")
-                    .bind(bs)
-                    .fetch_all(&mut *$tx)
-                    .await?;
-            let worst = results.into_iter().fold(Results::Success, |w, r| {
-                w.worst(r.and_then(Results::from_i64).unwrap_or(Results::Exception))
-            });
-            let sql = format!(
-                "UPDATE buildsets SET complete = 1, complete_at = {}, results = ? \
-                 WHERE id = ? AND complete = 0",
-                $d.now()
-            );
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(worst.as_i64())
-                .bind(bs)
-                .execute(&mut *$tx)
-                .await?;
-        }
-    }};
-}
-pub(crate) use finish_buildsets;
 
 /// Candidates fetched per wanted request in `pick_and_claim`.
 const PICK_OVERFETCH: i64 = 4;
@@ -265,6 +206,10 @@ impl Store {
         if wants.is_empty() {
             return Ok(Vec::new());
         }
+        if let Pool::MySql(pool) = &self.pool {
+            return retry_conflicts(|| mysql_script::pick_and_claim_per_builder(pool, me, wants))
+                .await;
+        }
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;
             let sql = format!(
@@ -374,6 +319,10 @@ impl Store {
         let ids = &dedup(ids);
         if ids.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Pool::MySql(pool) = &self.pool {
+            return retry_conflicts(|| mysql_script::complete_requests(pool, me, ids, results))
+                .await;
         }
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;

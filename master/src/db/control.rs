@@ -158,7 +158,10 @@ impl Store {
             }
             let n = q.execute(&mut *tx).await?.rows_affected();
             if n != ids.len() as u64 {
-                // Rows we locked changed under us: claim nothing this round.
+                // Rows we locked changed under us: claim nothing this round,
+                // and release the locks now rather than when the connection is
+                // next used.
+                tx.rollback().await?;
                 return Err(DbError::Other(format!(
                     "limited claim: locked {} requests but updated {n}",
                     ids.len()

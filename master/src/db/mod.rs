@@ -63,6 +63,7 @@ macro_rules! with_pool_retry {
 }
 
 mod builds;
+pub(crate) mod buildset_finish;
 mod claims;
 mod control;
 pub(crate) mod dialect;
@@ -70,10 +71,11 @@ pub mod error;
 mod janitor;
 mod logs;
 mod masters;
+mod mysql_script;
 mod presence;
 mod reads;
 mod requests;
-mod rows;
+pub(crate) mod rows;
 mod schedulers;
 mod schema;
 mod state;
@@ -203,6 +205,11 @@ impl Store {
             let pool = MySqlPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(timeout)
+                // No ping before each use: it would double the round trips of
+                // every short query. A connection that died (database
+                // restarted) fails its next query and is dropped; callers
+                // already treat database errors as transient and retry.
+                .test_before_acquire(false)
                 .after_connect(|conn, _meta| {
                     Box::pin(async move {
                         conn.execute("SET time_zone = '+00:00'").await?;

@@ -67,20 +67,23 @@ impl Results {
         }
     }
 
+    /// Badness, as Buildbot's `worst_status` ranks outcomes: the higher, the
+    /// worse. Not the stored code (Skipped is better than Warnings).
+    pub fn rank(self) -> u8 {
+        match self {
+            Results::Success => 0,
+            Results::Skipped => 1,
+            Results::Warnings => 2,
+            Results::Failure => 3,
+            Results::Exception => 4,
+            Results::Retry => 5,
+            Results::Cancelled => 6,
+        }
+    }
+
     /// The worse of two outcomes, as Buildbot's `worst_status` ranks them.
     pub fn worst(self, other: Results) -> Results {
-        fn rank(r: Results) -> u8 {
-            match r {
-                Results::Success => 0,
-                Results::Skipped => 1,
-                Results::Warnings => 2,
-                Results::Failure => 3,
-                Results::Exception => 4,
-                Results::Retry => 5,
-                Results::Cancelled => 6,
-            }
-        }
-        if rank(other) > rank(self) {
+        if other.rank() > self.rank() {
             other
         } else {
             self

@@ -1,0 +1,188 @@
+//! The claim and the completion of requests on MySQL/MariaDB, each as one
+//! round trip.
+//!
+//! Both are short write transactions whose cost is almost all round trips:
+//! through sqlx, `BEGIN`, every statement and `COMMIT` each wait for an
+//! answer (four for a claim, eight for a completion). MySQL's text protocol
+//! takes several statements in one request (sqlx connects with
+//! `CLIENT_MULTI_STATEMENTS`), so here each transaction goes as one script:
+//! `START TRANSACTION; ...; COMMIT; SELECT <outcome>`. What one statement
+//! finds is handed to the next in a session variable holding a JSON array,
+//! read back with `JSON_TABLE`. Only integers are written into the script
+//! text (ids, the master id, a results code), never user text.
+//!
+//! The statements are the same compare-and-swap as the generic path in
+//! `claims`: lock the candidates (`SKIP LOCKED`), then update exactly the
+//! locked rows with the condition repeated; a completion locks the requests
+//! and their buildsets, then updates. If a statement fails the server skips
+//! the rest of the script; the connection is rolled back before it goes back
+//! to the pool (a lock-wait timeout rolls back only the statement), or closed
+//! if even that fails.
+
+use std::collections::BTreeMap;
+
+use sqlx::mysql::{MySqlPool, MySqlRow};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::buildset_finish::finishable_sql;
+use super::{DbError, MasterId, Results};
+
+/// Run `body` (statements ending in `COMMIT; SELECT ...`) as one transaction
+/// in one round trip; the last row it returns.
+async fn run(pool: &MySqlPool, body: String) -> Result<Option<MySqlRow>, DbError> {
+    let mut conn = pool.acquire().await?;
+    let script = format!("START TRANSACTION; {body}");
+    match sqlx::raw_sql(AssertSqlSafe(script))
+        .fetch_all(&mut *conn)
+        .await
+    {
+        Ok(rows) => Ok(rows.into_iter().last()),
+        Err(e) => {
+            if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+                // Never hand a connection with an open transaction to the pool.
+                drop(conn.detach());
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// A session variable's JSON text from a result row (NULL: empty array).
+fn json_column(row: &MySqlRow, col: &str) -> Result<serde_json::Value, DbError> {
+    let raw: Option<Vec<u8>> = row.try_get(col)?;
+    match raw {
+        None => Ok(serde_json::Value::Array(Vec::new())),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| DbError::Other(format!("claim script returned bad JSON in {col}: {e}"))),
+    }
+}
+
+fn id_list(ids: &[i64]) -> String {
+    ids.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `pick_and_claim_per_builder` on MySQL: for each (builder, max), lock up to
+/// max of its best claimable requests skipping rows others have locked, claim
+/// exactly those for `me` if `me` is still active. (request, builder) pairs.
+pub(crate) async fn pick_and_claim_per_builder(
+    pool: &MySqlPool,
+    me: MasterId,
+    wants: &[(i64, i64)],
+) -> Result<Vec<(i64, i64)>, DbError> {
+    let picks = wants
+        .iter()
+        .map(|(builder, max)| {
+            format!(
+                "(SELECT id, builderid FROM buildrequests \
+                 WHERE complete = 0 AND claimed_by_masterid IS NULL AND builderid = {builder} \
+                 ORDER BY priority DESC, submitted_at, id LIMIT {max} FOR UPDATE SKIP LOCKED)"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let body = format!(
+        "SELECT JSON_ARRAYAGG(JSON_ARRAY(id, builderid)) FROM ({picks}) AS picked \
+         INTO @flotilla_won; \
+         UPDATE buildrequests \
+         JOIN JSON_TABLE(@flotilla_won, '$[*]' COLUMNS (id BIGINT PATH '$[0]')) AS w \
+         ON buildrequests.id = w.id \
+         SET buildrequests.claimed_by_masterid = {me}, buildrequests.claimed_at = NOW(6) \
+         WHERE buildrequests.claimed_by_masterid IS NULL AND buildrequests.complete = 0 \
+         AND EXISTS (SELECT 1 FROM masters WHERE masters.id = {me} AND masters.active = 1); \
+         SET @flotilla_claimed = ROW_COUNT(); \
+         COMMIT; \
+         SELECT @flotilla_won AS won, @flotilla_claimed AS claimed"
+    );
+    let row = run(pool, body)
+        .await?
+        .ok_or_else(|| DbError::Other("claim script returned no outcome".into()))?;
+    let won = pairs(&json_column(&row, "won")?)?;
+    let claimed: i64 = row.try_get("claimed")?;
+    if won.is_empty() {
+        return Ok(won);
+    }
+    if claimed == 0 {
+        // An incarnation already declared dead claims nothing (it finds out
+        // at its next heartbeat); the locks went with the commit.
+        return Err(DbError::Other(
+            "claim refused: this master incarnation is no longer active".into(),
+        ));
+    }
+    if claimed != won.len() as i64 {
+        return Err(DbError::Other(format!(
+            "claim: locked {} requests but updated {claimed}",
+            won.len()
+        )));
+    }
+    // In the order the builders were asked for, oldest id first.
+    let order: BTreeMap<i64, usize> = wants
+        .iter()
+        .enumerate()
+        .map(|(i, (b, _))| (*b, i))
+        .collect();
+    let mut won = won;
+    won.sort_by_key(|(id, b)| (order.get(b).copied().unwrap_or(usize::MAX), *id));
+    Ok(won)
+}
+
+/// `[[a, b], ...]` as pairs.
+fn pairs(v: &serde_json::Value) -> Result<Vec<(i64, i64)>, DbError> {
+    let bad = || DbError::Other(format!("claim script: unexpected pairs {v}"));
+    v.as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|p| match p.as_array().map(Vec::as_slice) {
+            Some([a, b]) => Ok((a.as_i64().ok_or_else(bad)?, b.as_i64().ok_or_else(bad)?)),
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+/// `complete_requests` on MySQL: lock the requests `me` holds among `ids`
+/// together with their buildsets, complete them, then complete the buildsets
+/// whose requests are now all complete. Returns the ids completed.
+pub(crate) async fn complete_requests(
+    pool: &MySqlPool,
+    me: MasterId,
+    ids: &[i64],
+    results: Results,
+) -> Result<Vec<i64>, DbError> {
+    let list = id_list(ids);
+    let code = results.as_i64();
+    let finishable = finishable_sql(&format!(
+        "SELECT buildsetid FROM buildrequests WHERE id IN ({list}) AND claimed_by_masterid = {me}"
+    ));
+    let body = format!(
+        "SELECT JSON_ARRAYAGG(id) FROM (SELECT br.id FROM buildrequests br \
+         JOIN buildsets bs ON bs.id = br.buildsetid \
+         WHERE br.id IN ({list}) AND br.claimed_by_masterid = {me} AND br.complete = 0 \
+         FOR UPDATE) AS mine INTO @flotilla_done; \
+         UPDATE buildrequests SET complete = 1, results = {code}, complete_at = NOW(6) \
+         WHERE id IN ({list}) AND claimed_by_masterid = {me} AND complete = 0; \
+         SELECT JSON_ARRAYAGG(JSON_ARRAY(id, worst)) FROM ({finishable}) AS f \
+         INTO @flotilla_finish; \
+         UPDATE buildsets \
+         JOIN JSON_TABLE(@flotilla_finish, '$[*]' COLUMNS (id BIGINT PATH '$[0]', \
+         worst BIGINT PATH '$[1]')) AS f ON buildsets.id = f.id \
+         SET buildsets.complete = 1, buildsets.complete_at = NOW(6), buildsets.results = f.worst \
+         WHERE buildsets.complete = 0; \
+         COMMIT; \
+         SELECT @flotilla_done AS done"
+    );
+    let row = run(pool, body)
+        .await?
+        .ok_or_else(|| DbError::Other("completion script returned no outcome".into()))?;
+    let done = json_column(&row, "done")?;
+    let bad = || DbError::Other(format!("completion script: unexpected ids {done}"));
+    let mut done: Vec<i64> = done
+        .as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|v| v.as_i64().ok_or_else(bad))
+        .collect::<Result<_, _>>()?;
+    done.sort_unstable();
+    Ok(done)
+}
