@@ -9,7 +9,9 @@ use sqlx::AssertSqlSafe;
 use super::buildset_finish::{finish_buildsets, lock_open_buildsets};
 use super::error::is_unique_violation;
 use super::rows::{DbRow, InsertId};
-use super::{BeginWrite, BuildRow, DbError, MasterId, Results, Store};
+use super::{
+    BeginWrite, BuildRow, DbError, MasterId, Pool, Results, Store, mysql_script, retry_conflicts,
+};
 
 /// Attempts at picking the next build number when another master takes the
 /// same number for the same builder at the same moment.
@@ -98,6 +100,12 @@ impl Store {
         results: Results,
         complete_request: bool,
     ) -> Result<bool, DbError> {
+        if let (Pool::MySql(pool), true) = (&self.pool, complete_request) {
+            return retry_conflicts(|| {
+                mysql_script::finish_build_completing(pool, me, build_id, request_id, results)
+            })
+            .await;
+        }
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;
             let sql = format!(

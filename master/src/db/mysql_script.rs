@@ -141,36 +141,42 @@ fn pairs(v: &serde_json::Value) -> Result<Vec<(i64, i64)>, DbError> {
         .collect()
 }
 
-/// `complete_requests` on MySQL: lock the requests `me` holds among `ids`
-/// together with their buildsets, complete them, then complete the buildsets
-/// whose requests are now all complete. Returns the ids completed.
-pub(crate) async fn complete_requests(
-    pool: &MySqlPool,
-    me: MasterId,
-    ids: &[i64],
-    results: Results,
-) -> Result<Vec<i64>, DbError> {
-    let list = id_list(ids);
-    let code = results.as_i64();
+/// Statements completing the requests `me` holds among `list` (ids, comma
+/// separated) with `code`: lock them with their buildsets, note them in
+/// `@flotilla_done`, update them, then complete the buildsets whose requests
+/// are now all complete. Ends inside the transaction.
+fn completion_statements(me: MasterId, list: &str, code: i64) -> String {
     let finishable = finishable_sql(&format!(
         "SELECT buildsetid FROM buildrequests WHERE id IN ({list}) AND claimed_by_masterid = {me}"
     ));
-    let body = format!(
+    format!(
         "SELECT JSON_ARRAYAGG(id) FROM (SELECT br.id FROM buildrequests br \
          JOIN buildsets bs ON bs.id = br.buildsetid \
          WHERE br.id IN ({list}) AND br.claimed_by_masterid = {me} AND br.complete = 0 \
          FOR UPDATE) AS mine INTO @flotilla_done; \
          UPDATE buildrequests SET complete = 1, results = {code}, complete_at = NOW(6) \
          WHERE id IN ({list}) AND claimed_by_masterid = {me} AND complete = 0; \
+         SET @flotilla_completed = ROW_COUNT(); \
          SELECT JSON_ARRAYAGG(JSON_ARRAY(id, worst)) FROM ({finishable}) AS f \
          INTO @flotilla_finish; \
          UPDATE buildsets \
          JOIN JSON_TABLE(@flotilla_finish, '$[*]' COLUMNS (id BIGINT PATH '$[0]', \
          worst BIGINT PATH '$[1]')) AS f ON buildsets.id = f.id \
          SET buildsets.complete = 1, buildsets.complete_at = NOW(6), buildsets.results = f.worst \
-         WHERE buildsets.complete = 0; \
-         COMMIT; \
-         SELECT @flotilla_done AS done"
+         WHERE buildsets.complete = 0; "
+    )
+}
+
+/// `complete_requests` on MySQL: the ids completed now, in order.
+pub(crate) async fn complete_requests(
+    pool: &MySqlPool,
+    me: MasterId,
+    ids: &[i64],
+    results: Results,
+) -> Result<Vec<i64>, DbError> {
+    let body = format!(
+        "{}COMMIT; SELECT @flotilla_done AS done",
+        completion_statements(me, &id_list(ids), results.as_i64())
     );
     let row = run(pool, body)
         .await?
@@ -185,4 +191,30 @@ pub(crate) async fn complete_requests(
         .collect::<Result<_, _>>()?;
     done.sort_unstable();
     Ok(done)
+}
+
+/// `finish_build` with `complete_request` on MySQL: complete the request if
+/// `me` still holds it, and record the build's end with `results`, or Retry
+/// when the claim was lost. True when the request was completed.
+pub(crate) async fn finish_build_completing(
+    pool: &MySqlPool,
+    me: MasterId,
+    build_id: i64,
+    request_id: i64,
+    results: Results,
+) -> Result<bool, DbError> {
+    let body = format!(
+        "{completion}\
+         UPDATE builds SET complete_at = COALESCE(complete_at, NOW(6)), \
+         results = IF(@flotilla_completed = 1, {code}, {retry}) \
+         WHERE id = {build_id} AND masterid = {me}; \
+         COMMIT; SELECT @flotilla_completed AS completed",
+        completion = completion_statements(me, &request_id.to_string(), results.as_i64()),
+        code = results.as_i64(),
+        retry = Results::Retry.as_i64(),
+    );
+    let row = run(pool, body)
+        .await?
+        .ok_or_else(|| DbError::Other("finish script returned no outcome".into()))?;
+    Ok(row.try_get::<i64, _>("completed")? == 1)
 }
