@@ -138,7 +138,7 @@ fn builder_priority(state: &MasterState, builder_id: i64) -> i32 {
 
 /// Claims for `wants`: builders with `max_concurrent_builds` one by one
 /// within their limit, the rest in one round. The result is in builder
-/// priority order (then best request first), the order workers are given out.
+/// priority order, then oldest request first: the order workers are given out.
 async fn claim_wants(
     state: &MasterState,
     wants: &[(i64, usize)],
@@ -158,7 +158,10 @@ async fn claim_wants(
         let ids = state.store.claim_within_limit(me, b, n, max).await?;
         won.extend(ids.into_iter().map(|id| (id, b)));
     }
-    won.sort_by_key(|(_, b)| std::cmp::Reverse(builder_priority(state, *b)));
+    // Between builders of equal priority the oldest request goes first (ids
+    // grow with submission), as Buildbot's default builder order does: with
+    // fewer idle workers than builders asking, the longest wait is served.
+    won.sort_by_key(|(id, b)| (std::cmp::Reverse(builder_priority(state, *b)), *id));
     Ok(won)
 }
 

@@ -1,0 +1,63 @@
+//! Which waiting request a freed worker takes when it serves several
+//! builders of equal priority: the oldest, whichever builder it is on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, ClusterSpec, eventually};
+
+const BUILDERS: &str = r#"
+[[builders]]
+name = "alpha"
+workers = ["w1"]
+  [[builders.steps]]
+  name = "work"
+  command = ["sh", "-c", "sleep 0.8"]
+  timeout = "30s"
+
+[[builders]]
+name = "beta"
+workers = ["w1"]
+  [[builders.steps]]
+  name = "work"
+  command = ["sh", "-c", "sleep 0.8"]
+  timeout = "30s"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_freed_worker_takes_the_oldest_request_across_its_builders() {
+    let cluster = Cluster::start("builder_order", ClusterSpec::new(1, 1, BUILDERS)).await;
+    // Builder names are unordered in the master (a hash map): ask in both
+    // arrangements, several times, so luck cannot pass the test.
+    for round in 0..4 {
+        let (first, second) = if round % 2 == 0 {
+            ("beta", "alpha")
+        } else {
+            ("alpha", "beta")
+        };
+        // Keep the only worker busy, then queue one request on each builder.
+        let blocker = cluster.force(0, second, &format!("block{round}")).await;
+        eventually("the blocker running", Duration::from_secs(30), || async {
+            (!cluster.builds_of(0, blocker).await.is_empty()).then_some(())
+        })
+        .await;
+        let older = cluster.force(0, first, &format!("older{round}")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let newer = cluster.force(0, second, &format!("newer{round}")).await;
+        cluster
+            .wait_complete(0, &[blocker, older, newer], Duration::from_secs(60))
+            .await;
+        let started = |b: Vec<serde_json::Value>| {
+            let at = b[0]["started_at"].as_str().expect("a start time");
+            chrono::DateTime::parse_from_rfc3339(at).expect("an RFC 3339 time")
+        };
+        let older_start = started(cluster.builds_of(0, older).await);
+        let newer_start = started(cluster.builds_of(0, newer).await);
+        assert!(
+            older_start < newer_start,
+            "round {round}: the request on {first} waited longer but started at {older_start}, \
+             after the one on {second} at {newer_start}"
+        );
+    }
+}
