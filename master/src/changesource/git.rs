@@ -31,9 +31,30 @@ pub enum PollError {
     Git(String),
 }
 
-/// Where pollers keep their bare cache repositories on this machine.
+/// Where pollers keep their bare cache repositories on this machine: a
+/// cache (lost, it is fetched again), so under the first of
+/// `$FLOTILLA_CACHE_DIR`, systemd's `$CACHE_DIRECTORY` (`CacheDirectory=`),
+/// `$XDG_CACHE_HOME/flotilla`, `$HOME/.cache/flotilla`, else the system
+/// temporary directory.
 pub fn cache_root() -> PathBuf {
-    std::env::temp_dir().join("flotilla-gitpoller")
+    cache_root_from(|k| std::env::var_os(k).filter(|v| !v.is_empty()))
+}
+
+fn cache_root_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let base = var("FLOTILLA_CACHE_DIR")
+        .map(PathBuf::from)
+        // systemd may list several directories, separated by colons.
+        .or_else(|| {
+            var("CACHE_DIRECTORY").and_then(|v| {
+                v.to_str()
+                    .and_then(|s| s.split(':').next())
+                    .map(PathBuf::from)
+            })
+        })
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("flotilla")))
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache").join("flotilla")))
+        .unwrap_or_else(|| std::env::temp_dir().join("flotilla"));
+    base.join("gitpoller")
 }
 
 fn object_name(cs: &ChangeSourceConfig) -> String {
@@ -205,4 +226,52 @@ pub async fn poll(
         .add_changes_with_state(&changes, &object, "revs", Some(&old_value), &new)
         .await?;
     Ok(ids.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod cache_root_tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| {
+            pairs
+                .iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.into())
+        }
+    }
+
+    #[test]
+    fn the_first_configured_cache_wins() {
+        let all = [
+            ("FLOTILLA_CACHE_DIR", "/srv/cache"),
+            ("CACHE_DIRECTORY", "/var/cache/flotilla:/var/cache/other"),
+            ("XDG_CACHE_HOME", "/home/ci/.xdg"),
+            ("HOME", "/home/ci"),
+        ];
+        assert_eq!(
+            cache_root_from(vars(&all)),
+            PathBuf::from("/srv/cache/gitpoller")
+        );
+        assert_eq!(
+            cache_root_from(vars(&all[1..])),
+            PathBuf::from("/var/cache/flotilla/gitpoller")
+        );
+        assert_eq!(
+            cache_root_from(vars(&all[2..])),
+            PathBuf::from("/home/ci/.xdg/flotilla/gitpoller")
+        );
+        assert_eq!(
+            cache_root_from(vars(&all[3..])),
+            PathBuf::from("/home/ci/.cache/flotilla/gitpoller")
+        );
+        assert_eq!(
+            cache_root_from(vars(&[])),
+            std::env::temp_dir().join("flotilla").join("gitpoller")
+        );
+    }
 }
