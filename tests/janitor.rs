@@ -3,6 +3,7 @@
 //! shrinks to the horizons with `flotilla janitor`, while a live cluster
 //! keeps claiming and running builds on the same database; nothing inside
 //! the horizons is touched, and `--dry-run` counts exactly what then goes.
+//! Old inactive master incarnations go too once nothing refers to them.
 
 mod common;
 
@@ -133,6 +134,34 @@ async fn seed_changes(conn: &mut MySqlConnection, n: i64, age: i64, tag: &str) {
     )).await;
 }
 
+/// An inactive master incarnation last seen `age` days ago; returns its id.
+async fn old_master(conn: &mut MySqlConnection, name: &str, age: i64) -> i64 {
+    exec(
+        conn,
+        format!(
+            "INSERT INTO masters (name, boot_time, nonce, active, draining, last_active) \
+             VALUES ('{name}', NOW(6) - INTERVAL {boot} DAY, '{name}', 0, 0, \
+             NOW(6) - INTERVAL {age} DAY)",
+            boot = age + 1
+        ),
+    )
+    .await;
+    count(
+        conn,
+        &format!("SELECT id FROM masters WHERE nonce = '{name}'"),
+    )
+    .await
+}
+
+async fn master_exists(conn: &mut MySqlConnection, id: i64) -> bool {
+    count(
+        conn,
+        &format!("SELECT COUNT(*) FROM masters WHERE id = {id}"),
+    )
+    .await
+        == 1
+}
+
 fn janitor(config: &std::path::Path, dry_run: bool) -> Command {
     let mut cmd = Command::new(flotilla_bin());
     cmd.arg("janitor").arg("--config").arg(config);
@@ -183,6 +212,28 @@ workers = ["w1", "w2"]
     }
     seed_changes(&mut conn, 1000, 100, "old").await;
     seed_changes(&mut conn, 10, 1, "new").await;
+    // Master incarnations: one nothing refers to and one that ran only old
+    // builds go; one that ran fresh builds, and one dead for only a day, stay.
+    let retired = old_master(&mut conn, "retired", 100).await;
+    let ran_old = old_master(&mut conn, "ran-old", 100).await;
+    let ran_fresh = old_master(&mut conn, "ran-fresh", 100).await;
+    let recently_dead = old_master(&mut conn, "recently-dead", 1).await;
+    exec(
+        &mut conn,
+        format!(
+            "UPDATE builds SET masterid = {ran_old} WHERE {}",
+            in_set("id", OLD)
+        ),
+    )
+    .await;
+    exec(
+        &mut conn,
+        format!(
+            "UPDATE builds SET masterid = {ran_fresh} WHERE {}",
+            in_set("id", FRESH)
+        ),
+    )
+    .await;
     println!(
         "seeded 10,900 builds with logs in {:.1?}",
         seeding.elapsed()
@@ -214,10 +265,17 @@ workers = ["w1", "w2"]
     assert_eq!(reported(&text, "buildsets"), OLD.1, "{text}");
     assert_eq!(reported(&text, "sourcestamps"), OLD.1, "{text}");
     assert_eq!(reported(&text, "changes"), 1000, "{text}");
+    assert_eq!(reported(&text, "masters"), 2, "{text}");
     assert_eq!(
         count(&mut conn, "SELECT COUNT(*) FROM builds").await,
         10_901
     );
+    for id in [retired, ran_old, ran_fresh, recently_dead] {
+        assert!(
+            master_exists(&mut conn, id).await,
+            "a dry run deleted master {id}"
+        );
+    }
 
     // The real run, with builds forced and run meanwhile.
     let started = Instant::now();
@@ -325,6 +383,21 @@ workers = ["w1", "w2"]
         .await,
         10
     );
+
+    assert!(!master_exists(&mut conn, retired).await);
+    assert!(!master_exists(&mut conn, ran_old).await);
+    assert!(master_exists(&mut conn, ran_fresh).await);
+    assert!(master_exists(&mut conn, recently_dead).await);
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT COUNT(*) FROM masters WHERE active = 1 AND name = 'm1'"
+        )
+        .await,
+        1,
+        "the live master stays"
+    );
+    assert_eq!(reported(&out, "masters"), 2, "{out}");
 
     // Live builds and their logs are untouched.
     for id in std::iter::once(before).chain(live) {

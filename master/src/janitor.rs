@@ -10,7 +10,8 @@
 //! each its own short statement, with `retention.pause` between batches:
 //! the claim path works on incomplete requests only, and never waits long
 //! behind a clean-up. The order (log contents, builds, buildsets, source
-//! stamps, changes) deletes children before what they hang off.
+//! stamps, changes, then old master incarnations that nothing refers to any
+//! more) deletes children before what they hang off.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,6 +119,24 @@ pub async fn run_once(
             tokio::time::sleep(pause).await;
         }
     }
+    // Old incarnations of masters go with the build horizon, last, once the
+    // builds and requests that referred to them are gone.
+    if c.builds.is_some() {
+        // A candidate that gained a reference since it was read stays (the
+        // delete re-checks), so stop when a batch removes nothing.
+        loop {
+            let ids = store.janitor_old_masters(&c, batch).await?;
+            if ids.is_empty() {
+                break;
+            }
+            let n = counted("masters", store.janitor_delete_masters(&c, &ids).await?);
+            out.masters += n;
+            if n == 0 {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
     store.prune_stop_requests().await?;
     ::metrics::counter!(JANITOR_RUNS).increment(1);
     Ok(out)
@@ -184,6 +203,7 @@ pub async fn run_periodic(state: Arc<MasterState>, stop: CancellationToken) {
                 buildsets = n.buildsets,
                 sourcestamps = n.sourcestamps,
                 changes = n.changes,
+                masters = n.masters,
                 took = ?started.elapsed(),
                 "janitor run finished"
             ),

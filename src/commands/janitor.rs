@@ -58,5 +58,9 @@ fn print_report(n: &JanitorCounts, dry_run: bool, took: std::time::Duration) {
     );
     println!("  sourcestamps  {}", n.sourcestamps);
     println!("  changes       {}", n.changes);
+    println!(
+        "  masters       {} (old inactive incarnations nothing refers to)",
+        n.masters
+    );
     println!("janitor: {} rows in {:.1?}", n.total(), took);
 }

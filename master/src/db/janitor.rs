@@ -13,7 +13,12 @@
 //!   properties and source-stamp links, but only once none of their builds
 //!   is still inside the build horizon; then source stamps no buildset
 //!   refers to any more;
-//! - changes recorded before the change cut-off.
+//! - changes recorded before the change cut-off;
+//! - old incarnations of masters (`masters` rows): inactive, silent since
+//!   before the build cut-off, and referenced by nothing — no build, no
+//!   request claimed by them, no worker presence, no object ownership (none
+//!   of these columns has a foreign key, so the delete itself re-checks them
+//!   all and a reference that appears meanwhile keeps the row).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -39,11 +44,18 @@ pub struct JanitorCounts {
     pub buildsets: u64,
     pub sourcestamps: u64,
     pub changes: u64,
+    /// Old inactive `masters` rows (incarnations) nothing refers to.
+    pub masters: u64,
 }
 
 impl JanitorCounts {
     pub fn total(&self) -> u64 {
-        self.log_chunks + self.builds + self.buildsets + self.sourcestamps + self.changes
+        self.log_chunks
+            + self.builds
+            + self.buildsets
+            + self.sourcestamps
+            + self.changes
+            + self.masters
     }
 }
 
@@ -74,6 +86,19 @@ impl Store {
     async fn janitor_count(&self, sql: String, args: &[Arg]) -> Result<u64, DbError> {
         let n = self.janitor_ids(sql, args).await?;
         Ok(n.first().copied().unwrap_or(0).max(0) as u64)
+    }
+
+    async fn janitor_exec(&self, sql: String, args: &[Arg]) -> Result<u64, DbError> {
+        with_pool!(self, |pool, d| {
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for a in args {
+                q = match a {
+                    Arg::Time(t) => q.bind(d.time_arg(*t)),
+                    Arg::Int(i) => q.bind(*i),
+                };
+            }
+            Ok(q.execute(pool).await?.rows_affected())
+        })
     }
 
     async fn janitor_delete(&self, table: &str, key: &str, ids: &[i64]) -> Result<u64, DbError> {
@@ -233,6 +258,74 @@ impl Store {
         self.janitor_delete("changes", "changeid", ids).await
     }
 
+    /// Which `masters` rows (the table unaliased, as `masters`) may go: inactive,
+    /// last active before `cutoff`, and referenced by no build, no request
+    /// claim, no worker presence and no object ownership. With `after_run`,
+    /// builds and requests that this run deletes before the masters (those
+    /// past the build horizon, and those of buildsets that go) no longer
+    /// count, so a dry run counts what the real run removes.
+    fn masters_predicate(&self, c: &Cutoffs, after_run: bool) -> Option<(String, Vec<Arg>)> {
+        let cutoff = c.builds?;
+        let t = time_sql(self.janitor_dialect());
+        let mut args = vec![Arg::Time(cutoff)];
+        let builds_kept = if after_run {
+            args.push(Arg::Time(cutoff));
+            format!(" AND (x.complete_at IS NULL OR x.complete_at >= {t})")
+        } else {
+            String::new()
+        };
+        let requests_kept = match self.buildsets_predicate(c).filter(|_| after_run) {
+            Some((pred, mut bs_args)) => {
+                args.append(&mut bs_args);
+                format!(
+                    " AND NOT EXISTS (SELECT 1 FROM buildsets bs WHERE bs.id = cr.buildsetid AND {pred})"
+                )
+            }
+            None => String::new(),
+        };
+        let sql = format!(
+            "masters.active = 0 AND masters.last_active < {t} \
+             AND NOT EXISTS (SELECT 1 FROM builds x WHERE x.masterid = masters.id{builds_kept}) \
+             AND NOT EXISTS (SELECT 1 FROM buildrequests cr \
+                             WHERE cr.claimed_by_masterid = masters.id{requests_kept}) \
+             AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.masterid = masters.id) \
+             AND NOT EXISTS (SELECT 1 FROM object_owners o WHERE o.masterid = masters.id)"
+        );
+        Some((sql, args))
+    }
+
+    /// Old inactive master incarnations nothing refers to (see
+    /// [`Store::janitor_delete_masters`]), oldest first. Nothing without a
+    /// build horizon.
+    pub async fn janitor_old_masters(&self, c: &Cutoffs, limit: i64) -> Result<Vec<i64>, DbError> {
+        let Some((pred, mut args)) = self.masters_predicate(c, false) else {
+            return Ok(Vec::new());
+        };
+        let sql =
+            format!("SELECT masters.id FROM masters WHERE {pred} ORDER BY masters.id LIMIT ?");
+        args.push(Arg::Int(limit));
+        self.janitor_ids(sql, &args).await
+    }
+
+    /// Deletes these `masters` rows by primary key, each only if it still
+    /// is inactive, old and unreferenced: the conditions are part of the
+    /// delete, so a reference made since the candidates were read keeps it.
+    pub async fn janitor_delete_masters(&self, c: &Cutoffs, ids: &[i64]) -> Result<u64, DbError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let Some((pred, pred_args)) = self.masters_predicate(c, false) else {
+            return Ok(0);
+        };
+        let sql = format!(
+            "DELETE FROM masters WHERE id IN ({}) AND {pred}",
+            placeholders(ids.len())
+        );
+        let mut args: Vec<Arg> = ids.iter().map(|id| Arg::Int(*id)).collect();
+        args.extend(pred_args);
+        self.janitor_exec(sql, &args).await
+    }
+
     /// What a run with these cut-offs would remove (source stamps: those of
     /// the buildsets that would go plus those already unreferenced).
     pub async fn janitor_counts(&self, c: &Cutoffs) -> Result<JanitorCounts, DbError> {
@@ -270,6 +363,10 @@ impl Store {
         if let Some(cut) = c.changes {
             let sql = format!("SELECT COUNT(*) FROM changes WHERE created_at < {t}");
             out.changes = self.janitor_count(sql, &[Arg::Time(cut)]).await?;
+        }
+        if let Some((pred, args)) = self.masters_predicate(c, true) {
+            let sql = format!("SELECT COUNT(*) FROM masters WHERE {pred}");
+            out.masters = self.janitor_count(sql, &args).await?;
         }
         Ok(out)
     }

@@ -19,9 +19,11 @@
 //!   gap locks) in UTC.
 //!
 //! Submodules: [`types`] (data in and out), [`error`], `dialect`, `schema`
-//! (migrations), `masters`, `claims`, `requests` (changes, buildsets),
-//! `builds` (builds and steps), `logs`, `reads` (API listings), `state`
-//! (key/value state and object ownership).
+//! (migrations), `masters`, `claims`, `mysql_script` (the claim loop's hot
+//! transactions as one round trip each on MySQL), `buildset_finish`,
+//! `requests` (changes, buildsets), `builds` (builds and steps), `logs`,
+//! `reads` and `change_reads` (API listings), `state` (key/value state and
+//! object ownership), `janitor`, `presence`, `control`.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -64,6 +66,7 @@ macro_rules! with_pool_retry {
 
 mod builds;
 pub(crate) mod buildset_finish;
+mod change_reads;
 mod claims;
 mod control;
 pub(crate) mod dialect;

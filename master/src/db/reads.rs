@@ -1,12 +1,17 @@
-//! Read-only listings for the HTTP API and the CLI: requests, builds, steps
-//! and per-builder queue counts. Lists are newest first and paginated with
-//! `limit` (`<= 0`: no limit) and `offset`.
+//! Read-only listings for the HTTP API and the CLI: requests, builds, steps,
+//! per-builder queue counts and who owns which scheduler or change source.
+//! Lists are newest first and paginated with `limit` (`<= 0`: no limit) and
+//! `offset`. Changes are listed in `change_reads`.
+
+use std::time::Duration;
 
 use sqlx::AssertSqlSafe;
 
+use super::dialect::placeholders;
 use super::rows::DbRow;
 use super::{
-    BuildFilter, BuildInfo, BuilderCounts, DbError, RequestFilter, RequestRow, StepRow, Store,
+    BuildFilter, BuildInfo, BuilderCounts, DbError, ObjectOwnerRow, RequestFilter, RequestRow,
+    StepRow, Store,
 };
 
 const REQUEST_SELECT: &str = "SELECT br.id, br.buildsetid, b.name AS builder, br.priority, \
@@ -186,6 +191,48 @@ impl Store {
                     name: r.string("name")?,
                     pending: r.i64("pending")?,
                     running: r.i64("running")?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The `object_owners` rows of these kinds (all kinds when empty), with
+    /// their master's name and whether it is active, in one query.
+    /// `lease_current` says whether the owner renewed within `lease` by the
+    /// database's clock.
+    pub async fn list_object_owners(
+        &self,
+        kinds: &[&str],
+        lease: Duration,
+    ) -> Result<Vec<ObjectOwnerRow>, DbError> {
+        with_pool!(self, |pool, d| {
+            let mut sql = format!(
+                "SELECT o.kind, o.name, o.masterid, o.claimed_at, m.name AS master_name, \
+                 CASE WHEN m.active = 1 THEN 1 ELSE 0 END AS master_active, \
+                 CASE WHEN o.claimed_at >= {} THEN 1 ELSE 0 END AS lease_current \
+                 FROM object_owners o LEFT JOIN masters m ON m.id = o.masterid",
+                d.now_minus()
+            );
+            if !kinds.is_empty() {
+                sql.push_str(&format!(" WHERE o.kind IN ({})", placeholders(kinds.len())));
+            }
+            sql.push_str(" ORDER BY o.kind, o.name");
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(d.ago_arg(lease));
+            for k in kinds {
+                q = q.bind(*k);
+            }
+            let rows = q.fetch_all(pool).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                out.push(ObjectOwnerRow {
+                    kind: r.string("kind")?,
+                    name: r.string("name")?,
+                    master_id: r.i64("masterid")?,
+                    master_name: r.opt_string("master_name")?,
+                    master_active: r.flag("master_active")?,
+                    lease_current: r.flag("lease_current")?,
+                    claimed_at: r.time("claimed_at")?,
                 });
             }
             Ok(out)

@@ -308,3 +308,49 @@ pub struct BuilderCounts {
     /// Incomplete builds.
     pub running: i64,
 }
+
+/// Filter for [`Store::list_changes`](super::Store::list_changes).
+/// `limit <= 0` means no limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeFilter {
+    pub branch: Option<String>,
+    pub repository: Option<String>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// A recorded change as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChangeInfo {
+    pub id: i64,
+    pub author: String,
+    pub comments: String,
+    pub branch: Option<String>,
+    pub revision: Option<String>,
+    pub repository: String,
+    pub project: String,
+    pub codebase: String,
+    pub files: Vec<String>,
+    pub properties: BTreeMap<String, serde_json::Value>,
+    /// When the change happened (as its source says, or when it was recorded).
+    pub when_timestamp: DateTime<Utc>,
+    pub category: Option<String>,
+    /// When the database recorded it.
+    pub created_at: DateTime<Utc>,
+}
+
+/// An `object_owners` row with its master, from
+/// [`Store::list_object_owners`](super::Store::list_object_owners).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ObjectOwnerRow {
+    pub kind: String,
+    pub name: String,
+    pub master_id: MasterId,
+    /// `None` when the master row is gone.
+    pub master_name: Option<String>,
+    /// The owning master is active.
+    pub master_active: bool,
+    /// The lease was renewed within the lease the caller gave.
+    pub lease_current: bool,
+    pub claimed_at: DateTime<Utc>,
+}

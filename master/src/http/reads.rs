@@ -1,5 +1,6 @@
 //! Read routes: health, masters, builders, workers, requests, builds,
-//! steps and logs. All from the database, paginated.
+//! steps and logs, changes, and who runs each scheduler and change source.
+//! All from the database, paginated.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,8 +17,8 @@ use super::error::{ApiError, ApiResult};
 use super::params::Params;
 use crate::config::BuilderConfig;
 use crate::db::{
-    BuildFilter, BuildInfo, LastBuild, MasterRow, RequestFilter, RequestRow, StepRow,
-    WorkerPresence,
+    BuildFilter, BuildInfo, ChangeFilter, ChangeInfo, LastBuild, MasterRow, ObjectOwnerRow,
+    RequestFilter, RequestRow, StepRow, WorkerPresence,
 };
 use crate::runtime::MasterState;
 
@@ -295,6 +296,77 @@ pub async fn step_log(
             ),
         ],
         tail,
+    ))
+}
+
+/// Recorded changes, newest first; filter with `branch=` and `repository=`.
+pub async fn changes(State(st): St, Query(q): Q) -> ApiResult<Json<Vec<ChangeInfo>>> {
+    let p = Params(q);
+    p.only(&["branch", "repository", "limit", "offset"])?;
+    let (limit, offset) = p.page()?;
+    let f = ChangeFilter {
+        branch: p.string("branch"),
+        repository: p.string("repository"),
+        limit,
+        offset,
+    };
+    Ok(Json(st.store.list_changes(&f).await?))
+}
+
+pub async fn change(State(st): St, Path(id): Path<String>) -> ApiResult<Json<ChangeInfo>> {
+    let id = parse_id(&id)?;
+    st.store
+        .get_change(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no change {id}")))
+}
+
+/// Every scheduler and change source of the cluster file (in its order),
+/// with the master that owns it in the database. `owner_active` is true
+/// while that master is active and has renewed within its lease
+/// (`master_timeout`); kinds that nobody needs to own (`force`, `try`,
+/// `triggerable`) have no owner.
+pub async fn schedulers(State(st): St, Query(q): Q) -> ApiResult<Json<Vec<Value>>> {
+    let p = Params(q);
+    p.only(&["limit", "offset"])?;
+    let (limit, offset) = p.page()?;
+    let sched_kind = crate::schedulers::OWNER_KIND;
+    let source_kind = crate::changesource::OWNER_KIND;
+    let lease = st.config.cluster.master_timeout.get();
+    let owners: HashMap<(String, String), ObjectOwnerRow> = st
+        .store
+        .list_object_owners(&[sched_kind, source_kind], lease)
+        .await?
+        .into_iter()
+        .map(|o| ((o.kind.clone(), o.name.clone()), o))
+        .collect();
+    let entry = |owner_kind: &str, kind: &str, name: &str, type_: &str| {
+        let o = owners.get(&(owner_kind.to_owned(), name.to_owned()));
+        json!({
+            "name": name,
+            "kind": kind,
+            "type": type_,
+            "owner": o.map(|o| json!({"master_id": o.master_id, "master_name": o.master_name})),
+            "owner_active": o.is_some_and(|o| o.master_active && o.lease_current),
+        })
+    };
+    let schedulers = st
+        .config
+        .schedulers
+        .iter()
+        .map(|s| entry(sched_kind, &s.kind, &s.name, "scheduler"));
+    let sources = st
+        .config
+        .change_sources
+        .iter()
+        .map(|c| entry(source_kind, &c.kind, &c.name, "change_source"));
+    Ok(Json(
+        schedulers
+            .chain(sources)
+            .skip(offset as usize)
+            .take(limit as usize)
+            .collect(),
     ))
 }
 

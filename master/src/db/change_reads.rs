@@ -1,0 +1,71 @@
+//! Read-only listing of recorded changes for the HTTP API: newest first,
+//! filtered by branch and repository, paginated with `limit` (`<= 0`: no
+//! limit) and `offset`.
+
+use sqlx::AssertSqlSafe;
+
+use super::rows::DbRow;
+use super::{ChangeFilter, ChangeInfo, DbError, Store};
+
+const CHANGE_SELECT: &str = "SELECT changeid, author, comments, branch, revision, repository, \
+     project, codebase, files, properties, when_timestamp, category, created_at FROM changes";
+
+fn change_info<R: DbRow>(r: &R) -> Result<ChangeInfo, DbError> {
+    let id = r.i64("changeid")?;
+    let files = r.string("files")?;
+    let props = r.string("properties")?;
+    Ok(ChangeInfo {
+        id,
+        author: r.string("author")?,
+        comments: r.string("comments")?,
+        branch: r.opt_string("branch")?,
+        revision: r.opt_string("revision")?,
+        repository: r.string("repository")?,
+        project: r.string("project")?,
+        codebase: r.string("codebase")?,
+        files: serde_json::from_str(&files)
+            .map_err(|e| DbError::Other(format!("change {id} files: {e}")))?,
+        properties: serde_json::from_str(&props)
+            .map_err(|e| DbError::Other(format!("change {id} properties: {e}")))?,
+        when_timestamp: r.time("when_timestamp")?,
+        category: r.opt_string("category")?,
+        created_at: r.time("created_at")?,
+    })
+}
+
+impl Store {
+    /// Changes matching `f`, newest (highest id) first.
+    pub async fn list_changes(&self, f: &ChangeFilter) -> Result<Vec<ChangeInfo>, DbError> {
+        let mut sql = format!("{CHANGE_SELECT} WHERE 1 = 1");
+        if f.branch.is_some() {
+            sql.push_str(" AND branch = ?");
+        }
+        if f.repository.is_some() {
+            sql.push_str(" AND repository = ?");
+        }
+        sql.push_str(" ORDER BY changeid DESC LIMIT ? OFFSET ?");
+        let limit = if f.limit <= 0 { i64::MAX } else { f.limit };
+        with_pool!(self, |pool, d| {
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            if let Some(b) = &f.branch {
+                q = q.bind(b);
+            }
+            if let Some(r) = &f.repository {
+                q = q.bind(r);
+            }
+            let rows = q.bind(limit).bind(f.offset.max(0)).fetch_all(pool).await?;
+            rows.iter().map(change_info).collect()
+        })
+    }
+
+    pub async fn get_change(&self, id: i64) -> Result<Option<ChangeInfo>, DbError> {
+        with_pool!(self, |pool, d| {
+            let sql = format!("{CHANGE_SELECT} WHERE changeid = ?");
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(change_info).transpose()
+        })
+    }
+}
