@@ -371,6 +371,8 @@ async fn a_dead_incarnation_claims_and_starts_nothing(db: &TestDb) {
     // Woken after being declared dead, before its next heartbeat tells it so:
     assert!(s.claim_requests(a, &[r[1]]).await.is_err());
     assert!(s.pick_and_claim(a, &[bl], 2).await.is_err());
+    assert!(s.pick_and_claim_per_builder(a, &[(bl, 1)]).await.is_err());
+    assert!(s.pick_and_claim_per_builder(a, &[(bl, 2)]).await.is_err());
     assert!(s.start_build(a, r[0], bl, w).await.unwrap().is_none());
     let pending = s.get_request(r[1]).await.unwrap().unwrap();
     assert_eq!(pending.claimed_by_masterid, None);
@@ -583,6 +585,22 @@ async fn pick_per_builder(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(got, vec![(rx[2], x)]);
+    // One request at a time (the claim loop's round with one idle worker),
+    // best first: priority, then age.
+    let rz = seed(&s, z, 2, 0).await;
+    let urgent = seed(&s, z, 1, 5).await;
+    for want in [urgent[0], rz[0], rz[1]] {
+        assert_eq!(
+            s.pick_and_claim_per_builder(a, &[(z, 1)]).await.unwrap(),
+            vec![(want, z)]
+        );
+    }
+    assert!(
+        s.pick_and_claim_per_builder(a, &[(z, 1)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         s.pick_and_claim_per_builder(b, &[])
             .await

@@ -7,9 +7,11 @@
 //! takes several statements in one request (sqlx connects with
 //! `CLIENT_MULTI_STATEMENTS`), so here each transaction goes as one script:
 //! `START TRANSACTION; ...; COMMIT; SELECT <outcome>`. What one statement
-//! finds is handed to the next in a session variable holding a JSON array,
-//! read back with `JSON_TABLE`. Only integers are written into the script
-//! text (ids, the master id, a results code), never user text.
+//! finds is handed to the next in session variables: a single request (the
+//! usual round: one idle worker, one finished build) in scalar variables, a
+//! batch as a JSON array read back with `JSON_TABLE`. Only integers are
+//! written into the script text (ids, the master id, a results code), never
+//! user text.
 //!
 //! The statements are the same compare-and-swap as the generic path in
 //! `claims`: lock the candidates (`SKIP LOCKED`), then update exactly the
@@ -72,6 +74,9 @@ pub(crate) async fn pick_and_claim_per_builder(
     me: MasterId,
     wants: &[(i64, i64)],
 ) -> Result<Vec<(i64, i64)>, DbError> {
+    if let [(builder, 1)] = wants {
+        return claim_one(pool, me, *builder).await;
+    }
     let picks = wants
         .iter()
         .map(|(builder, max)| {
@@ -91,18 +96,70 @@ pub(crate) async fn pick_and_claim_per_builder(
          ON buildrequests.id = w.id \
          SET buildrequests.claimed_by_masterid = {me}, buildrequests.claimed_at = NOW(6) \
          WHERE buildrequests.claimed_by_masterid IS NULL AND buildrequests.complete = 0 \
-         AND EXISTS (SELECT 1 FROM masters WHERE masters.id = {me} AND masters.active = 1); \
+         AND {ACTIVE}; \
          SET @flotilla_claimed = ROW_COUNT(); \
          COMMIT; \
-         SELECT @flotilla_won AS won, @flotilla_claimed AS claimed"
+         SELECT @flotilla_won AS won, @flotilla_claimed AS claimed",
+        ACTIVE = active(me),
     );
     let row = run(pool, body)
         .await?
         .ok_or_else(|| DbError::Other("claim script returned no outcome".into()))?;
-    let won = pairs(&json_column(&row, "won")?)?;
-    let claimed: i64 = row.try_get("claimed")?;
-    if won.is_empty() {
-        return Ok(won);
+    let mut won = pairs(&json_column(&row, "won")?)?;
+    check_claimed(won.len(), row.try_get("claimed")?)?;
+    // In the order the builders were asked for, oldest id first.
+    let order: BTreeMap<i64, usize> = wants
+        .iter()
+        .enumerate()
+        .map(|(i, (b, _))| (*b, i))
+        .collect();
+    won.sort_by_key(|(id, b)| (order.get(b).copied().unwrap_or(usize::MAX), *id));
+    Ok(won)
+}
+
+/// The claim of a single request, the claim loop's usual round (one idle
+/// worker): scalar session variables instead of JSON, cheaper for the server.
+async fn claim_one(
+    pool: &MySqlPool,
+    me: MasterId,
+    builder: i64,
+) -> Result<Vec<(i64, i64)>, DbError> {
+    // MIN over the locked pick is always one row (NULL when none), so the
+    // variable never keeps a value from an earlier script on this connection.
+    let body = format!(
+        "SELECT MIN(id) FROM (SELECT id FROM buildrequests \
+         WHERE complete = 0 AND claimed_by_masterid IS NULL AND builderid = {builder} \
+         ORDER BY priority DESC, submitted_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) AS picked \
+         INTO @flotilla_id; \
+         UPDATE buildrequests SET claimed_by_masterid = {me}, claimed_at = NOW(6) \
+         WHERE id = @flotilla_id AND claimed_by_masterid IS NULL AND complete = 0 \
+         AND {ACTIVE}; \
+         SET @flotilla_claimed = ROW_COUNT(); \
+         COMMIT; \
+         SELECT @flotilla_id AS id, @flotilla_claimed AS claimed",
+        ACTIVE = active(me),
+    );
+    let row = run(pool, body)
+        .await?
+        .ok_or_else(|| DbError::Other("claim script returned no outcome".into()))?;
+    let won: Vec<(i64, i64)> = row
+        .try_get::<Option<i64>, _>("id")?
+        .map(|id| (id, builder))
+        .into_iter()
+        .collect();
+    check_claimed(won.len(), row.try_get("claimed")?)?;
+    Ok(won)
+}
+
+/// The condition that `me` is an active incarnation, for a claim `UPDATE`.
+fn active(me: MasterId) -> String {
+    format!("EXISTS (SELECT 1 FROM masters WHERE masters.id = {me} AND masters.active = 1)")
+}
+
+/// A claim must update every row it locked; none means `me` was declared dead.
+fn check_claimed(locked: usize, claimed: i64) -> Result<(), DbError> {
+    if locked == 0 || claimed == locked as i64 {
+        return Ok(());
     }
     if claimed == 0 {
         // An incarnation already declared dead claims nothing (it finds out
@@ -111,21 +168,9 @@ pub(crate) async fn pick_and_claim_per_builder(
             "claim refused: this master incarnation is no longer active".into(),
         ));
     }
-    if claimed != won.len() as i64 {
-        return Err(DbError::Other(format!(
-            "claim: locked {} requests but updated {claimed}",
-            won.len()
-        )));
-    }
-    // In the order the builders were asked for, oldest id first.
-    let order: BTreeMap<i64, usize> = wants
-        .iter()
-        .enumerate()
-        .map(|(i, (b, _))| (*b, i))
-        .collect();
-    let mut won = won;
-    won.sort_by_key(|(id, b)| (order.get(b).copied().unwrap_or(usize::MAX), *id));
-    Ok(won)
+    Err(DbError::Other(format!(
+        "claim: locked {locked} requests but updated {claimed}"
+    )))
 }
 
 /// `[[a, b], ...]` as pairs.
@@ -141,22 +186,41 @@ fn pairs(v: &serde_json::Value) -> Result<Vec<(i64, i64)>, DbError> {
         .collect()
 }
 
-/// Statements completing the requests `me` holds among `list` (ids, comma
-/// separated) with `code`: lock them with their buildsets, note them in
-/// `@flotilla_done`, update them, then complete the buildsets whose requests
-/// are now all complete. Ends inside the transaction.
-fn completion_statements(me: MasterId, list: &str, code: i64) -> String {
+/// Statements completing the requests `me` holds among `ids` with `code`:
+/// lock them with their buildsets, update them (their number in
+/// `@flotilla_completed`; with several ids, which ones in `@flotilla_done`),
+/// then complete the buildsets whose requests are now all complete. Ends
+/// inside the transaction.
+fn completion_statements(me: MasterId, ids: &[i64], code: i64) -> String {
+    let list = id_list(ids);
     let finishable = finishable_sql(&format!(
         "SELECT buildsetid FROM buildrequests WHERE id IN ({list}) AND claimed_by_masterid = {me}"
     ));
-    format!(
-        "SELECT JSON_ARRAYAGG(id) FROM (SELECT br.id FROM buildrequests br \
-         JOIN buildsets bs ON bs.id = br.buildsetid \
+    let lock = format!(
+        "SELECT br.id FROM buildrequests br JOIN buildsets bs ON bs.id = br.buildsetid \
          WHERE br.id IN ({list}) AND br.claimed_by_masterid = {me} AND br.complete = 0 \
-         FOR UPDATE) AS mine INTO @flotilla_done; \
-         UPDATE buildrequests SET complete = 1, results = {code}, complete_at = NOW(6) \
+         FOR UPDATE"
+    );
+    let update = format!(
+        "UPDATE buildrequests SET complete = 1, results = {code}, complete_at = NOW(6) \
          WHERE id IN ({list}) AND claimed_by_masterid = {me} AND complete = 0; \
-         SET @flotilla_completed = ROW_COUNT(); \
+         SET @flotilla_completed = ROW_COUNT(); "
+    );
+    if ids.len() == 1 {
+        // One request has one buildset: scalar variables, no JSON. The
+        // aggregates always give one row, so no variable keeps an old value.
+        return format!(
+            "SELECT COUNT(*) FROM ({lock}) AS mine INTO @flotilla_locked; \
+             {update}\
+             SELECT MIN(id), MIN(worst) FROM ({finishable}) AS f \
+             INTO @flotilla_bs, @flotilla_worst; \
+             UPDATE buildsets SET complete = 1, complete_at = NOW(6), results = @flotilla_worst \
+             WHERE id = @flotilla_bs AND complete = 0; "
+        );
+    }
+    format!(
+        "SELECT JSON_ARRAYAGG(id) FROM ({lock}) AS mine INTO @flotilla_done; \
+         {update}\
          SELECT JSON_ARRAYAGG(JSON_ARRAY(id, worst)) FROM ({finishable}) AS f \
          INTO @flotilla_finish; \
          UPDATE buildsets \
@@ -175,12 +239,25 @@ pub(crate) async fn complete_requests(
     results: Results,
 ) -> Result<Vec<i64>, DbError> {
     let body = format!(
-        "{}COMMIT; SELECT @flotilla_done AS done",
-        completion_statements(me, &id_list(ids), results.as_i64())
+        "{}COMMIT; SELECT @flotilla_completed AS completed, {} AS done",
+        completion_statements(me, ids, results.as_i64()),
+        if ids.len() == 1 {
+            "NULL"
+        } else {
+            "@flotilla_done"
+        }
     );
     let row = run(pool, body)
         .await?
         .ok_or_else(|| DbError::Other("completion script returned no outcome".into()))?;
+    if let [id] = ids {
+        let completed: i64 = row.try_get("completed")?;
+        return Ok(if completed == 1 {
+            vec![*id]
+        } else {
+            Vec::new()
+        });
+    }
     let done = json_column(&row, "done")?;
     let bad = || DbError::Other(format!("completion script: unexpected ids {done}"));
     let mut done: Vec<i64> = done
@@ -209,7 +286,7 @@ pub(crate) async fn finish_build_completing(
          results = IF(@flotilla_completed = 1, {code}, {retry}) \
          WHERE id = {build_id} AND masterid = {me}; \
          COMMIT; SELECT @flotilla_completed AS completed",
-        completion = completion_statements(me, &request_id.to_string(), results.as_i64()),
+        completion = completion_statements(me, &[request_id], results.as_i64()),
         code = results.as_i64(),
         retry = Results::Retry.as_i64(),
     );
