@@ -4,6 +4,7 @@
 //! Leases and timeouts are real but short (1 s) and the tests sleep past them:
 //! the clock that matters is the database's, so there is nothing to inject.
 
+#[macro_use]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,31 +17,7 @@ use flotilla_master::db::{
 
 const SHORT: Duration = Duration::from_secs(1);
 
-/// Run each case as `mysql::<case>` and `sqlite::<case>`.
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod mysql {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let db = super::TestDb::mysql().await;
-                    super::$case(&db).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let db = super::TestDb::sqlite();
-                    super::$case(&db).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+both_backends!(
     schema_status_and_upgrade_are_idempotent,
     claim_one_and_many,
     claimed_by_another_is_not_yours,

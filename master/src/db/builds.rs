@@ -42,6 +42,10 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             if held.is_none() {
+                // End the transaction now: merely dropped, it would roll back
+                // (and let go of anything it locked) only when its connection
+                // is next used.
+                tx.rollback().await?;
                 return Ok(None);
             }
             let insert = format!(

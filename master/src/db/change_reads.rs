@@ -5,30 +5,15 @@
 use sqlx::AssertSqlSafe;
 
 use super::rows::DbRow;
+use super::schedulers::change_row;
 use super::{ChangeFilter, ChangeInfo, DbError, Store};
 
 const CHANGE_SELECT: &str = "SELECT changeid, author, comments, branch, revision, repository, \
      project, codebase, files, properties, when_timestamp, category, created_at FROM changes";
 
 fn change_info<R: DbRow>(r: &R) -> Result<ChangeInfo, DbError> {
-    let id = r.i64("changeid")?;
-    let files = r.string("files")?;
-    let props = r.string("properties")?;
     Ok(ChangeInfo {
-        id,
-        author: r.string("author")?,
-        comments: r.string("comments")?,
-        branch: r.opt_string("branch")?,
-        revision: r.opt_string("revision")?,
-        repository: r.string("repository")?,
-        project: r.string("project")?,
-        codebase: r.string("codebase")?,
-        files: serde_json::from_str(&files)
-            .map_err(|e| DbError::Other(format!("change {id} files: {e}")))?,
-        properties: serde_json::from_str(&props)
-            .map_err(|e| DbError::Other(format!("change {id} properties: {e}")))?,
-        when_timestamp: r.time("when_timestamp")?,
-        category: r.opt_string("category")?,
+        change: change_row(r)?,
         created_at: r.time("created_at")?,
     })
 }

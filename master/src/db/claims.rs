@@ -388,6 +388,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(bs) = bs else {
+                tx.rollback().await?;
                 return Ok(false);
             };
             let open = lock_open_buildsets!(tx, d, BTreeSet::from([bs]));

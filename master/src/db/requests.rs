@@ -272,6 +272,9 @@ impl Store {
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;
             if !cas_state_row!(&mut *tx, d, object, name, expected.as_deref(), new) {
+                // A lost INSERT IGNORE holds a shared lock on the existing
+                // row until the transaction ends: end it now.
+                tx.rollback().await?;
                 return Ok(None);
             }
             let mut created = Vec::with_capacity(encoded.len());

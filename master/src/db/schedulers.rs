@@ -29,6 +29,9 @@ pub struct ChangeRow {
     pub files: Vec<String>,
     pub properties: BTreeMap<String, serde_json::Value>,
     pub category: Option<String>,
+    /// When the change happened (as its source says, or when it was recorded).
+    /// Named as the column (and the API field); `when` in older stored state.
+    #[serde(rename = "when_timestamp", alias = "when")]
     pub when: DateTime<Utc>,
 }
 
@@ -40,7 +43,7 @@ pub struct BuildsetStatus {
     pub results: Option<Results>,
 }
 
-fn change_row<R: DbRow>(r: &R) -> Result<ChangeRow, DbError> {
+pub(crate) fn change_row<R: DbRow>(r: &R) -> Result<ChangeRow, DbError> {
     let files = r.string("files")?;
     let props = r.string("properties")?;
     let id = r.i64("changeid")?;
@@ -143,6 +146,7 @@ impl Store {
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;
             if !cas_state_row!(&mut *tx, d, object, name, expected.as_deref(), new) {
+                tx.rollback().await?;
                 return Ok(None);
             }
             let sql = format!(
@@ -274,5 +278,24 @@ impl Store {
             }
         }
         Ok(collapsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_stored_under_its_old_field_name_still_reads() {
+        let old = serde_json::json!({
+            "id": 7, "author": "a", "comments": "c", "branch": "main", "revision": "r1",
+            "repository": "repo", "project": "", "codebase": "", "files": [],
+            "properties": {}, "category": null, "when": "2026-11-01T00:00:00Z"
+        });
+        let c: ChangeRow = serde_json::from_value(old).unwrap();
+        assert_eq!(c.when.to_rfc3339(), "2026-11-01T00:00:00+00:00");
+        let again = serde_json::to_value(&c).unwrap();
+        assert_eq!(again["when_timestamp"], "2026-11-01T00:00:00Z");
+        assert!(again.get("when").is_none());
     }
 }

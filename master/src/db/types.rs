@@ -319,23 +319,12 @@ pub struct ChangeFilter {
     pub offset: i64,
 }
 
-/// A recorded change as the API shows it.
+/// A recorded change as the API shows it: the change, and when the
+/// database recorded it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ChangeInfo {
-    pub id: i64,
-    pub author: String,
-    pub comments: String,
-    pub branch: Option<String>,
-    pub revision: Option<String>,
-    pub repository: String,
-    pub project: String,
-    pub codebase: String,
-    pub files: Vec<String>,
-    pub properties: BTreeMap<String, serde_json::Value>,
-    /// When the change happened (as its source says, or when it was recorded).
-    pub when_timestamp: DateTime<Utc>,
-    pub category: Option<String>,
-    /// When the database recorded it.
+    #[serde(flatten)]
+    pub change: super::ChangeRow,
     pub created_at: DateTime<Utc>,
 }
 

@@ -7,6 +7,32 @@
 
 #![allow(dead_code)]
 
+/// Run each case as `mysql::<case>` (a fresh MariaDB database) and
+/// `sqlite::<case>` (a temporary file). Needs `#[macro_use] mod common;`.
+#[allow(unused_macros)]
+macro_rules! both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::mysql().await;
+                    super::$case(&db).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::sqlite();
+                    super::$case(&db).await;
+                }
+            )*
+        }
+    };
+}
+
 use std::time::Duration;
 
 use flotilla_master::db::{Backend, MasterId, NewBuildset, Store};
