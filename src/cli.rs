@@ -210,6 +210,10 @@ pub enum StatusWhat {
     Requests,
     Builds,
     Workers,
+    /// Schedulers and change sources, with the master that runs each.
+    Schedulers,
+    /// The latest changes.
+    Changes,
 }
 
 #[derive(Debug, Args)]

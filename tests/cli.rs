@@ -198,6 +198,26 @@ workers = ["w1"]
         "x1",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["status", "changes"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("main") && l.contains("x1")),
+        "{table}"
+    );
+    let o = run(&["status", "schedulers", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v.is_array(), "{v}");
+    let o = run(&["status", "schedulers"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("MASTER_NAME"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 
     let o = run(&["drain", "m1"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -140,6 +140,21 @@ pub async fn status(api: &ApiClient, a: StatusArgs) -> i32 {
             "/api/v1/workers",
             &["name", "connected", "master", "idle", "builders"],
         ),
+        StatusWhat::Schedulers => (
+            "/api/v1/schedulers",
+            &["name", "type", "kind", "owner.master_name", "owner_active"],
+        ),
+        StatusWhat::Changes => (
+            "/api/v1/changes?limit=50",
+            &[
+                "id",
+                "branch",
+                "revision",
+                "author",
+                "repository",
+                "when_timestamp",
+            ],
+        ),
     };
     let rows: Value = match api.get(path).await {
         Ok(v) => v,
@@ -169,10 +184,15 @@ fn cell(v: Option<&Value>) -> String {
     }
 }
 
+/// `row[a][b]...` for a column named `a.b...`.
+fn field<'v>(row: &'v Value, column: &str) -> Option<&'v Value> {
+    column.split('.').try_fold(row, |v, key| v.get(key))
+}
+
 fn print_table(columns: &[&str], rows: &[Value]) {
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| columns.iter().map(|c| cell(r.get(*c))).collect())
+        .map(|r| columns.iter().map(|c| cell(field(r, c))).collect())
         .collect();
     let widths: Vec<usize> = columns
         .iter()
@@ -194,7 +214,13 @@ fn print_table(columns: &[&str], rows: &[Value]) {
             .collect();
         println!("{}", parts.join("  ").trim_end());
     };
-    line(columns.iter().map(|c| c.to_uppercase()).collect());
+    // A nested column is headed by its last key (`owner.master_name`: MASTER_NAME).
+    line(
+        columns
+            .iter()
+            .map(|c| c.rsplit('.').next().unwrap_or(c).to_uppercase())
+            .collect(),
+    );
     for r in cells {
         line(r);
     }
