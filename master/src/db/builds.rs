@@ -9,9 +9,7 @@ use sqlx::AssertSqlSafe;
 use super::buildset_finish::{finish_buildsets, lock_open_buildsets};
 use super::error::is_unique_violation;
 use super::rows::{DbRow, InsertId};
-use super::{
-    BeginWrite, BuildRow, DbError, MasterId, Pool, Results, Store, mysql_script, retry_conflicts,
-};
+use super::{BeginWrite, BuildRow, DbError, MasterId, Results, Store, mysql_script};
 
 /// Attempts at picking the next build number when another master takes the
 /// same number for the same builder at the same moment.
@@ -104,11 +102,14 @@ impl Store {
         results: Results,
         complete_request: bool,
     ) -> Result<bool, DbError> {
-        if let (Pool::MySql(pool), true) = (&self.pool, complete_request) {
-            return retry_conflicts(|| {
-                mysql_script::finish_build_completing(pool, me, build_id, request_id, results)
-            })
-            .await;
+        if complete_request {
+            let script = self.try_script(|pool| async move {
+                mysql_script::finish_build_completing(&pool, me, build_id, request_id, results)
+                    .await
+            });
+            if let Some(done) = script.await {
+                return done;
+            }
         }
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;

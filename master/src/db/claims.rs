@@ -25,9 +25,7 @@ use sqlx::AssertSqlSafe;
 use super::buildset_finish::{finish_buildsets, lock_open_buildsets};
 use super::dialect::placeholders;
 use super::rows::DbRow;
-use super::{
-    BeginWrite, DbError, MasterId, Pool, Renewal, Results, Store, mysql_script, retry_conflicts,
-};
+use super::{BeginWrite, DbError, MasterId, Renewal, Results, Store, mysql_script};
 
 /// In an open write transaction `$tx`, claim for `$me` the rows `$ids` that
 /// the caller has just locked; fails if any of them did not change.
@@ -206,9 +204,11 @@ impl Store {
         if wants.is_empty() {
             return Ok(Vec::new());
         }
-        if let Pool::MySql(pool) = &self.pool {
-            return retry_conflicts(|| mysql_script::pick_and_claim_per_builder(pool, me, wants))
-                .await;
+        let script = self.try_script(|pool| async move {
+            mysql_script::pick_and_claim_per_builder(&pool, me, wants).await
+        });
+        if let Some(won) = script.await {
+            return won;
         }
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;
@@ -320,9 +320,11 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        if let Pool::MySql(pool) = &self.pool {
-            return retry_conflicts(|| mysql_script::complete_requests(pool, me, ids, results))
-                .await;
+        let script = self.try_script(|pool| async move {
+            mysql_script::complete_requests(&pool, me, ids, results).await
+        });
+        if let Some(done) = script.await {
+            return done;
         }
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;

@@ -44,6 +44,12 @@ mod mysql_codes {
     pub const SERVER_SHUTDOWN: u16 = 1053;
     pub const TOO_MANY_CONNECTIONS: u16 = 1040;
     pub const DUP_ENTRY: u16 = 1062;
+    /// Syntax the server does not accept.
+    pub const PARSE_ERROR: u16 = 1064;
+    pub const WRONG_USAGE: u16 = 1221;
+    pub const NOT_SUPPORTED_YET: u16 = 1235;
+    pub const NO_SUCH_FUNCTION: u16 = 1305;
+    pub const NO_SUCH_FUNCTION_NAMED: u16 = 1630;
 }
 
 /// SQLite primary result codes worth naming.
@@ -63,6 +69,25 @@ impl DbError {
             DbError::Migrate(MigrateError::Execute(e)) => sqlx_is_transient(e),
             _ => false,
         }
+    }
+
+    /// The server does not understand a statement (syntax, an unsupported
+    /// construct, a missing function): a server older or other than the ones
+    /// the statement was written for, not a passing failure.
+    pub fn is_unsupported_sql(&self) -> bool {
+        let DbError::Sqlx(sqlx::Error::Database(d)) = self else {
+            return false;
+        };
+        mysql_code(d.as_ref()).is_some_and(|c| {
+            matches!(
+                c,
+                mysql_codes::PARSE_ERROR
+                    | mysql_codes::WRONG_USAGE
+                    | mysql_codes::NOT_SUPPORTED_YET
+                    | mysql_codes::NO_SUCH_FUNCTION
+                    | mysql_codes::NO_SUCH_FUNCTION_NAMED
+            )
+        })
     }
 
     /// The database aborted a transaction over locks (deadlock victim, lock

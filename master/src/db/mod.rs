@@ -107,6 +107,10 @@ pub(crate) enum Pool {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Whether the hot transactions go to MySQL as one-trip scripts
+    /// (`mysql_script`); cleared, for every clone, when the server turns out
+    /// not to accept them.
+    scripts: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -228,6 +232,7 @@ impl Store {
                 .map_err(DbError::from_connect)?;
             return Ok(Store {
                 pool: Pool::MySql(pool),
+                scripts: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             });
         }
         if is_sqlite_url(url) {
@@ -257,12 +262,50 @@ impl Store {
                 .map_err(DbError::from_connect)?;
             return Ok(Store {
                 pool: Pool::Sqlite(pool),
+                scripts: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
             });
         }
         Err(DbError::BadUrl(format!(
             "{}: expected mysql://, mariadb:// or sqlite:",
             redact(url)
         )))
+    }
+
+    /// Run every transaction statement by statement, also on MySQL (the
+    /// one-trip scripts off), as on a server that lacks what they use.
+    pub fn stepwise(self) -> Store {
+        self.scripts
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
+    /// The MySQL pool when the one-trip scripts are on.
+    pub(crate) fn script_pool(&self) -> Option<&MySqlPool> {
+        match &self.pool {
+            Pool::MySql(p) if self.scripts.load(std::sync::atomic::Ordering::Relaxed) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Run a one-trip script (retrying lock conflicts). `None` when the
+    /// scripts are off, or when the server rejects the script's SQL: then
+    /// they are switched off for good and the caller runs its stepwise path.
+    pub(crate) async fn try_script<T, F, Fut>(&self, f: F) -> Option<Result<T, DbError>>
+    where
+        F: FnMut(MySqlPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, DbError>>,
+    {
+        let pool = self.script_pool()?.clone();
+        let mut f = f;
+        match retry_conflicts(|| f(pool.clone())).await {
+            Err(e) if e.is_unsupported_sql() => {
+                tracing::warn!(error = %e, "the database rejects one-trip claim scripts; running those transactions statement by statement");
+                self.scripts
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+            r => Some(r),
+        }
     }
 
     pub fn backend(&self) -> Backend {

@@ -7,8 +7,10 @@
 
 #![allow(dead_code)]
 
-/// Run each case as `mysql::<case>` (a fresh MariaDB database) and
-/// `sqlite::<case>` (a temporary file). Needs `#[macro_use] mod common;`.
+/// Run each case as `mysql::<case>` (a fresh MariaDB database),
+/// `mysql_stepwise::<case>` (the same without the one-trip scripts, the path
+/// a server that rejects them takes) and `sqlite::<case>` (a temporary
+/// file). Needs `#[macro_use] mod common;`.
 #[allow(unused_macros)]
 macro_rules! both_backends {
     ($($case:ident),* $(,)?) => {
@@ -17,6 +19,15 @@ macro_rules! both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let db = super::TestDb::mysql().await;
+                    super::$case(&db).await;
+                }
+            )*
+        }
+        mod mysql_stepwise {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::mysql_stepwise().await;
                     super::$case(&db).await;
                 }
             )*
@@ -49,6 +60,9 @@ pub fn mysql_base() -> String {
 pub struct TestDb {
     pub url: String,
     pub backend: Backend,
+    /// Stores run every transaction statement by statement (MySQL without
+    /// the one-trip scripts).
+    stepwise: bool,
     mysql_name: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -81,9 +95,18 @@ impl TestDb {
         TestDb {
             url: format!("{}/{name}", mysql_base()),
             backend: Backend::MySql,
+            stepwise: false,
             mysql_name: Some(name),
             _dir: None,
         }
+    }
+
+    /// A fresh empty MariaDB database whose stores run statement by statement,
+    /// as on a server that rejects the one-trip scripts.
+    pub async fn mysql_stepwise() -> TestDb {
+        let mut db = Self::mysql().await;
+        db.stepwise = true;
+        db
     }
 
     /// A fresh SQLite file in a temporary directory.
@@ -93,6 +116,7 @@ impl TestDb {
         TestDb {
             url,
             backend: Backend::Sqlite,
+            stepwise: false,
             mysql_name: None,
             _dir: Some(dir),
         }
@@ -100,13 +124,19 @@ impl TestDb {
 
     /// A new store (its own pool) on this database.
     pub async fn store(&self) -> Store {
-        Store::connect(&self.url).await.expect("connect store")
+        self.mode(Store::connect(&self.url).await.expect("connect store"))
     }
 
     pub async fn store_with(&self, max_connections: u32) -> Store {
-        Store::connect_with(&self.url, max_connections)
-            .await
-            .expect("connect store")
+        self.mode(
+            Store::connect_with(&self.url, max_connections)
+                .await
+                .expect("connect store"),
+        )
+    }
+
+    fn mode(&self, s: Store) -> Store {
+        if self.stepwise { s.stepwise() } else { s }
     }
 
     /// A new store on an upgraded schema.
