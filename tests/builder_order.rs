@@ -1,10 +1,12 @@
-//! Which waiting request a freed worker takes when it serves several
-//! builders of equal priority: the oldest, whichever builder it is on.
+//! Claiming for workers that serve several builders: a freed worker takes
+//! the oldest waiting request across its builders of equal priority, and a
+//! master claims only as many requests as its idle workers can run.
 
 mod common;
 
 use std::time::Duration;
 
+use common::metrics_text::sample;
 use common::{Cluster, ClusterSpec, eventually};
 
 const BUILDERS: &str = r#"
@@ -59,5 +61,78 @@ async fn a_freed_worker_takes_the_oldest_request_across_its_builders() {
             "round {round}: the request on {first} waited longer but started at {older_start}, \
              after the one on {second} at {newer_start}"
         );
+    }
+}
+
+const SHARED: &str = r#"
+[[builders]]
+name = "alpha"
+workers = ["w1", "w2"]
+  [[builders.steps]]
+  name = "work"
+  command = ["sh", "-c", "sleep 0.5"]
+  timeout = "30s"
+
+[[builders]]
+name = "beta"
+workers = ["w1", "w2"]
+  [[builders.steps]]
+  name = "work"
+  command = ["sh", "-c", "sleep 0.5"]
+  timeout = "30s"
+
+[[builders]]
+name = "gamma"
+workers = ["w1", "w2"]
+  [[builders.steps]]
+  name = "work"
+  command = ["sh", "-c", "sleep 0.5"]
+  timeout = "30s"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_on_every_builder_claim_only_what_they_can_run() {
+    let cluster = Cluster::start("claim_fit", ClusterSpec::new(1, 2, SHARED)).await;
+    // Both workers busy, then work waiting on every builder: each time a
+    // worker frees up, all three builders have work it could run.
+    let mut ids = vec![
+        cluster.force(0, "alpha", "a0").await,
+        cluster.force(0, "alpha", "a1").await,
+    ];
+    for id in ids.clone() {
+        eventually("the blockers running", Duration::from_secs(30), || async {
+            (!cluster.builds_of(0, id).await.is_empty()).then_some(())
+        })
+        .await;
+    }
+    for (builder, rev) in [
+        ("beta", "b0"),
+        ("gamma", "g0"),
+        ("alpha", "a2"),
+        ("beta", "b1"),
+        ("gamma", "g1"),
+    ] {
+        ids.push(cluster.force(0, builder, rev).await);
+    }
+    let rows = cluster
+        .wait_complete(0, &ids, Duration::from_secs(60))
+        .await;
+    assert!(rows.iter().all(|r| r["results"] == "success"), "{rows:?}");
+    let metrics = cluster
+        .get_text(&format!("{}/metrics", cluster.api(0)))
+        .await
+        .expect("scrape /metrics");
+    // One master, no competition: every claim won went to a worker.
+    assert_eq!(
+        sample(&metrics, "flotilla_claims_won_total", &[]),
+        ids.len() as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "flotilla_claims_given_back_total", &[]),
+        0.0
+    );
+    for id in &ids {
+        assert_eq!(cluster.builds_of(0, *id).await.len(), 1, "request {id}");
     }
 }

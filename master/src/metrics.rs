@@ -14,6 +14,8 @@
 pub const CLAIMS_ATTEMPTED: &str = "flotilla_claims_attempted_total";
 /// Requests won by a claim compare-and-swap (counter).
 pub const CLAIMS_WON: &str = "flotilla_claims_won_total";
+/// Requests won that no idle worker could take, unclaimed at once (counter).
+pub const CLAIMS_GIVEN_BACK: &str = "flotilla_claims_given_back_total";
 /// Claims a renewal found no longer ours; their builds were stopped (counter).
 pub const CLAIMS_LOST: &str = "flotilla_claims_lost_total";
 /// Seconds one claim round spent in the database (histogram).
@@ -69,6 +71,10 @@ pub fn describe() {
         "Requests a claim round asked the database for"
     );
     describe_counter!(CLAIMS_WON, "Requests won by a claim compare-and-swap");
+    describe_counter!(
+        CLAIMS_GIVEN_BACK,
+        "Requests won that no idle worker could take, unclaimed at once"
+    );
     describe_counter!(
         CLAIMS_LOST,
         "Claims a renewal found no longer ours (their builds were stopped)"

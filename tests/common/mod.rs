@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod database;
 pub mod ledger;
 pub mod mariadb;
+pub mod metrics_text;
 
 use std::time::{Duration, Instant};
 

@@ -19,7 +19,7 @@
 //!   gap locks) in UTC.
 //!
 //! Submodules: [`types`] (data in and out), [`error`], `dialect`, `schema`
-//! (migrations), `masters`, `claims`, `mysql_script` (the claim loop's hot
+//! (migrations), `masters`, `claims`, `candidates`, `mysql_script` (the claim loop's hot
 //! transactions as one round trip each on MySQL), `buildset_finish`,
 //! `requests` (changes, buildsets), `builds` (builds and steps), `logs`,
 //! `reads` and `change_reads` (API listings), `state` (key/value state and
@@ -66,6 +66,7 @@ macro_rules! with_pool_retry {
 
 mod builds;
 pub(crate) mod buildset_finish;
+mod candidates;
 mod change_reads;
 mod claims;
 mod control;

@@ -343,3 +343,13 @@ pub struct ObjectOwnerRow {
     pub lease_current: bool,
     pub claimed_at: DateTime<Utc>,
 }
+
+/// A claimable request as the claim loop weighs it (see
+/// [`Store::claim_candidates`](super::Store::claim_candidates)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: i64,
+    pub builder_id: i64,
+    pub priority: i32,
+    pub submitted_at: DateTime<Utc>,
+}

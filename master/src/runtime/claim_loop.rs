@@ -70,6 +70,14 @@ async fn claim_round(state: &Arc<MasterState>) -> Result<bool, crate::db::DbErro
     // the number of idle workers so one round never claims more than it can run.
     let cap = idle.len();
     let mut wants: Vec<(i64, usize)> = wants.into_iter().map(|(b, n)| (b, n.min(cap))).collect();
+    if wants.iter().map(|(_, n)| n).sum::<usize>() > cap {
+        // Workers serving several builders count once per builder: claiming
+        // all of that would win more than the workers can run (with every
+        // worker on every builder, builders × workers) and give the rest back
+        // at once. Look first, then claim what the idle workers can take.
+        let candidates = state.store.claim_candidates(&wants).await?;
+        wants = fit_to_workers(state, &idle, candidates);
+    }
     wants.sort_by_key(|(b, _)| std::cmp::Reverse(builder_priority(state, *b)));
     if wants.is_empty() {
         return Ok(false);
@@ -84,6 +92,8 @@ async fn claim_round(state: &Arc<MasterState>) -> Result<bool, crate::db::DbErro
         return Ok(false);
     }
     let mut free: Vec<IdleWorker> = idle;
+    // Specialists first, as `fit_to_workers` counted on.
+    free.sort_by_key(|w| w.builders.len());
     let mut leftovers = Vec::new();
     let mut assigned = Vec::new();
     for (request_id, builder_id) in won {
@@ -104,10 +114,45 @@ async fn claim_round(state: &Arc<MasterState>) -> Result<bool, crate::db::DbErro
         build::spawn(state.clone(), request_id, builder_id, worker);
     }
     if !leftovers.is_empty() {
-        // Won more than the workers could take (a worker serving two builders): give them back now.
+        // Won more than the workers could take (another master took some of
+        // the candidates weighed, so the pick reached further): give them back now.
+        metrics::counter!(crate::metrics::CLAIMS_GIVEN_BACK).increment(leftovers.len() as u64);
         give_back(state, leftovers).await;
     }
     Ok(any)
+}
+
+/// How many requests to claim per builder so that each can go to its own
+/// idle worker: the candidates best first (builder priority, request
+/// priority, age), each taken by a free worker that serves its builder —
+/// the one serving the fewest builders, so specialists go to their own work
+/// and generalists stay free for the rest.
+fn fit_to_workers(
+    state: &MasterState,
+    idle: &[IdleWorker],
+    mut candidates: Vec<crate::db::Candidate>,
+) -> Vec<(i64, usize)> {
+    candidates.sort_by_key(|c| {
+        (
+            std::cmp::Reverse(builder_priority(state, c.builder_id)),
+            std::cmp::Reverse(c.priority),
+            c.submitted_at,
+            c.id,
+        )
+    });
+    let mut free: Vec<&IdleWorker> = idle.iter().collect();
+    free.sort_by_key(|w| w.builders.len());
+    let mut wants: HashMap<i64, usize> = HashMap::new();
+    for c in candidates {
+        if free.is_empty() {
+            break;
+        }
+        if let Some(i) = free.iter().position(|w| w.builders.contains(&c.builder_id)) {
+            free.remove(i);
+            *wants.entry(c.builder_id).or_default() += 1;
+        }
+    }
+    wants.into_iter().collect()
 }
 
 /// Unclaims requests this master cannot run, retrying through database
