@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium loads `/` from a live
 //! master, a forced build appears in the page and finishes there (polled
-//! without a reload), the build page shows its steps and log, and
-//! screenshots are saved under the cargo target directory.
+//! without a reload), the build page shows its steps and log, the schedulers
+//! show the master running them, and screenshots are saved under the cargo
+//! target directory.
 
 mod common;
 
@@ -20,6 +21,12 @@ workers = ["w1"]
   [[builders.steps]]
   name = "bye"
   command = ["sh", "-c", "echo goodbye $FLOTILLA_REVISION"]
+
+[[schedulers]]
+name = "leap-night"
+kind = "nightly"
+cron = "0 3 29 2 *"
+builders = ["webecho"]
 "#;
 
 /// Virtual time the page's scripts get before the DOM is read: enough for
@@ -75,6 +82,11 @@ async fn a_forced_build_appears_and_finishes_in_the_dashboard() {
     assert!(
         dom.contains(&format!(r#"{row} data-results="success""#)),
         "overview shows the result: {dom}"
+    );
+    // By now the only master runs the nightly scheduler.
+    assert!(
+        dom.contains(r#"data-scheduler="leap-night" data-owner="m1""#),
+        "schedulers with the master running each: {dom}"
     );
 
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
