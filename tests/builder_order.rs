@@ -136,3 +136,49 @@ async fn workers_on_every_builder_claim_only_what_they_can_run() {
         assert_eq!(cluster.builds_of(0, *id).await.len(), 1, "request {id}");
     }
 }
+
+const LIMITED: &str = r#"
+[[builders]]
+name = "limited"
+workers = ["w1", "w2"]
+max_concurrent_builds = 1
+  [[builders.steps]]
+  name = "work"
+  command = ["sh", "-c", "sleep 3"]
+  timeout = "30s"
+
+[[builders]]
+name = "open"
+workers = ["w2"]
+  [[builders.steps]]
+  name = "work"
+  command = ["true"]
+  timeout = "30s"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn work_held_back_by_a_builder_limit_does_not_idle_a_worker() {
+    let cluster = Cluster::start("claim_limit", ClusterSpec::new(1, 2, LIMITED)).await;
+    let running = cluster.force(0, "limited", "l0").await;
+    eventually(
+        "the limited build running",
+        Duration::from_secs(30),
+        || async { (!cluster.builds_of(0, running).await.is_empty()).then_some(()) },
+    )
+    .await;
+    // Older, but held back by the limit; then work only w2 can do.
+    let held = cluster.force(0, "limited", "l1").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let open = cluster.force(0, "open", "o1").await;
+    cluster
+        .wait_complete(0, &[open], Duration::from_secs(30))
+        .await;
+    let first = &cluster.builds_of(0, running).await[0];
+    assert!(
+        first["complete_at"].is_null(),
+        "the open builder's request waited for the limited build to end: {first}"
+    );
+    cluster
+        .wait_complete(0, &[running, held], Duration::from_secs(60))
+        .await;
+}

@@ -96,11 +96,11 @@ pub(crate) async fn pick_and_claim_per_builder(
          ON buildrequests.id = w.id \
          SET buildrequests.claimed_by_masterid = {me}, buildrequests.claimed_at = NOW(6) \
          WHERE buildrequests.claimed_by_masterid IS NULL AND buildrequests.complete = 0 \
-         AND {ACTIVE}; \
+         AND {is_active}; \
          SET @flotilla_claimed = ROW_COUNT(); \
          COMMIT; \
          SELECT @flotilla_won AS won, @flotilla_claimed AS claimed",
-        ACTIVE = active(me),
+        is_active = active(me),
     );
     let row = run(pool, body)
         .await?
@@ -133,11 +133,11 @@ async fn claim_one(
          INTO @flotilla_id; \
          UPDATE buildrequests SET claimed_by_masterid = {me}, claimed_at = NOW(6) \
          WHERE id = @flotilla_id AND claimed_by_masterid IS NULL AND complete = 0 \
-         AND {ACTIVE}; \
+         AND {is_active}; \
          SET @flotilla_claimed = ROW_COUNT(); \
          COMMIT; \
          SELECT @flotilla_id AS id, @flotilla_claimed AS claimed",
-        ACTIVE = active(me),
+        is_active = active(me),
     );
     let row = run(pool, body)
         .await?

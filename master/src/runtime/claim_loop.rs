@@ -75,8 +75,15 @@ async fn claim_round(state: &Arc<MasterState>) -> Result<bool, crate::db::DbErro
         // all of that would win more than the workers can run (with every
         // worker on every builder, builders × workers) and give the rest back
         // at once. Look first, then claim what the idle workers can take.
-        let candidates = state.store.claim_candidates(&wants).await?;
+        // Builders with `max_concurrent_builds` keep their wants: their
+        // waiting work may not be claimable now (the limit is reached), and
+        // counting a worker for it would leave that worker idle.
+        let (limited, free): (Vec<_>, Vec<_>) = wants
+            .into_iter()
+            .partition(|(b, _)| builder_max_concurrent(state, *b).is_some());
+        let candidates = state.store.claim_candidates(&free).await?;
         wants = fit_to_workers(state, &idle, candidates);
+        wants.extend(limited);
     }
     wants.sort_by_key(|(b, _)| std::cmp::Reverse(builder_priority(state, *b)));
     if wants.is_empty() {
