@@ -8,6 +8,19 @@ use sqlx::AssertSqlSafe;
 use super::rows::DbRow;
 use super::{Candidate, DbError, Store};
 
+/// `n` builders' best claimable requests, (builder id, k) bound per builder:
+/// the union of one indexed range each (columns id, builderid, priority,
+/// submitted_at), never a scan of the whole queue in priority order.
+pub(super) fn best_per_builder_sql(n: usize) -> String {
+    let one = "SELECT id, builderid, priority, submitted_at FROM buildrequests \
+               WHERE complete = 0 AND claimed_by_masterid IS NULL AND builderid = ? \
+               ORDER BY priority DESC, submitted_at, id LIMIT ?";
+    (0..n)
+        .map(|i| format!("SELECT * FROM ({one}) AS b{i}"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
 impl Store {
     /// For each (builder, k): its best k claimable requests (priority, then
     /// age, then id), all builders together, unordered.
@@ -23,13 +36,7 @@ impl Store {
         if wants.is_empty() {
             return Ok(Vec::new());
         }
-        let one = "SELECT id, builderid, priority, submitted_at FROM buildrequests \
-                   WHERE complete = 0 AND claimed_by_masterid IS NULL AND builderid = ? \
-                   ORDER BY priority DESC, submitted_at, id LIMIT ?";
-        let sql = (0..wants.len())
-            .map(|i| format!("SELECT * FROM ({one}) AS c{i}"))
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
+        let sql = best_per_builder_sql(wants.len());
         with_pool!(self, |pool, d| {
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (b, k) in &wants {

@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
 use super::buildset_finish::{finish_buildsets, lock_open_buildsets};
+use super::candidates::best_per_builder_sql;
 use super::dialect::placeholders;
 use super::rows::DbRow;
 use super::{BeginWrite, DbError, MasterId, Renewal, Results, Store, mysql_script};
@@ -46,18 +47,27 @@ macro_rules! mark_claimed {
         }
         q = q.bind($me);
         let n = q.execute(&mut *$tx).await?.rows_affected();
-        if n != ids.len() as u64 {
+        if let Err(e) = check_claimed(ids.len(), n) {
             // Release the locked candidates now: a transaction merely dropped
             // rolls back only when its connection is next used, and until then
             // other masters' pick would skip those rows.
             $tx.rollback().await?;
-            return Err(DbError::Other(if n == 0 {
-                "claim refused: this master incarnation is no longer active".into()
-            } else {
-                format!("claim: locked {} requests but updated {n}", ids.len())
-            }));
+            return Err(e);
         }
     }};
+}
+
+/// A claim must update every row it locked; none means this master
+/// incarnation was declared dead (it finds out at its next heartbeat).
+pub(crate) fn check_claimed(locked: usize, claimed: u64) -> Result<(), DbError> {
+    if claimed == locked as u64 {
+        return Ok(());
+    }
+    Err(DbError::Other(if claimed == 0 {
+        "claim refused: this master incarnation is no longer active".into()
+    } else {
+        format!("claim: locked {locked} requests but updated {claimed}")
+    }))
 }
 
 /// Candidates fetched per wanted request in `pick_and_claim`.
@@ -124,16 +134,10 @@ impl Store {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // Room for the candidates of masters picking at the same moment.
         let overfetch = limit.saturating_mul(PICK_OVERFETCH).max(limit + 8);
-        let one = "SELECT id, priority, submitted_at FROM buildrequests \
-                   WHERE complete = 0 AND claimed_by_masterid IS NULL AND builderid = ? \
-                   ORDER BY priority DESC, submitted_at, id LIMIT ?";
-        let union = (0..builder_ids.len())
-            .map(|i| format!("SELECT * FROM ({one}) AS b{i}"))
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
         let candidates_sql = &format!(
-            "SELECT id FROM ({union}) AS candidates \
-             ORDER BY priority DESC, submitted_at, id LIMIT ?"
+            "SELECT id FROM ({}) AS candidates \
+             ORDER BY priority DESC, submitted_at, id LIMIT ?",
+            best_per_builder_sql(builder_ids.len())
         );
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;

@@ -291,13 +291,12 @@ impl Store {
     /// Run a one-trip script (retrying lock conflicts). `None` when the
     /// scripts are off, or when the server rejects the script's SQL: then
     /// they are switched off for good and the caller runs its stepwise path.
-    pub(crate) async fn try_script<T, F, Fut>(&self, f: F) -> Option<Result<T, DbError>>
+    pub(crate) async fn try_script<T, F, Fut>(&self, mut f: F) -> Option<Result<T, DbError>>
     where
         F: FnMut(MySqlPool) -> Fut,
         Fut: std::future::Future<Output = Result<T, DbError>>,
     {
         let pool = self.script_pool()?.clone();
-        let mut f = f;
         match retry_conflicts(|| f(pool.clone())).await {
             Err(e) if e.is_unsupported_sql() => {
                 tracing::warn!(error = %e, "the database rejects one-trip claim scripts; running those transactions statement by statement");

@@ -27,6 +27,7 @@ use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::buildset_finish::finishable_sql;
+use super::claims::check_claimed;
 use super::{DbError, MasterId, Results};
 
 /// Run `body` (statements ending in `COMMIT; SELECT ...`) as one transaction
@@ -106,7 +107,7 @@ pub(crate) async fn pick_and_claim_per_builder(
         .await?
         .ok_or_else(|| DbError::Other("claim script returned no outcome".into()))?;
     let mut won = pairs(&json_column(&row, "won")?)?;
-    check_claimed(won.len(), row.try_get("claimed")?)?;
+    check_claimed(won.len(), claimed_count(&row)?)?;
     // In the order the builders were asked for, oldest id first.
     let order: BTreeMap<i64, usize> = wants
         .iter()
@@ -147,7 +148,7 @@ async fn claim_one(
         .map(|id| (id, builder))
         .into_iter()
         .collect();
-    check_claimed(won.len(), row.try_get("claimed")?)?;
+    check_claimed(won.len(), claimed_count(&row)?)?;
     Ok(won)
 }
 
@@ -156,21 +157,9 @@ fn active(me: MasterId) -> String {
     format!("EXISTS (SELECT 1 FROM masters WHERE masters.id = {me} AND masters.active = 1)")
 }
 
-/// A claim must update every row it locked; none means `me` was declared dead.
-fn check_claimed(locked: usize, claimed: i64) -> Result<(), DbError> {
-    if locked == 0 || claimed == locked as i64 {
-        return Ok(());
-    }
-    if claimed == 0 {
-        // An incarnation already declared dead claims nothing (it finds out
-        // at its next heartbeat); the locks went with the commit.
-        return Err(DbError::Other(
-            "claim refused: this master incarnation is no longer active".into(),
-        ));
-    }
-    Err(DbError::Other(format!(
-        "claim: locked {locked} requests but updated {claimed}"
-    )))
+/// `@flotilla_claimed`, the rows the claim `UPDATE` changed.
+fn claimed_count(row: &MySqlRow) -> Result<u64, DbError> {
+    Ok(u64::try_from(row.try_get::<i64, _>("claimed")?).unwrap_or(0))
 }
 
 /// `[[a, b], ...]` as pairs.

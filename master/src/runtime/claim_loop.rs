@@ -139,7 +139,8 @@ fn fit_to_workers(
     idle: &[IdleWorker],
     mut candidates: Vec<crate::db::Candidate>,
 ) -> Vec<(i64, usize)> {
-    candidates.sort_by_key(|c| {
+    // Builder priority is a lookup in the configuration: once per candidate.
+    candidates.sort_by_cached_key(|c| {
         (
             std::cmp::Reverse(builder_priority(state, c.builder_id)),
             std::cmp::Reverse(c.priority),

@@ -53,20 +53,35 @@ pub async fn periodic(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbEr
         Some(_) => return Ok(0),
     };
     let new = json!({ "last_tick": tick.to_rfc3339() });
+    let reason = format!(
+        "periodic scheduler {} tick at {}",
+        s.name,
+        tick.to_rfc3339()
+    );
+    fire(ctx, s, &object, old.as_ref(), &new, reason).await
+}
+
+/// One buildset on the scheduler's own source stamp, created in the
+/// transaction that moves its state from `old` to `new`: the number created
+/// (0 when another owner moved the state first).
+async fn fire(
+    ctx: &SchedCtx,
+    s: &SchedulerConfig,
+    object: &str,
+    old: Option<&serde_json::Value>,
+    new: &serde_json::Value,
+    reason: String,
+) -> Result<usize, DbError> {
     let firing = Firing {
-        reason: format!(
-            "periodic scheduler {} tick at {}",
-            s.name,
-            tick.to_rfc3339()
-        ),
+        reason,
         sourcestamps: vec![sourcestamp(s)],
         properties: Default::default(),
     };
     let state = StateMove {
-        object: &object,
+        object,
         name: "state",
-        expected: old.as_ref(),
-        new: &new,
+        expected: old,
+        new,
     };
     let created = buildsets::create_with_state(ctx, s, vec![firing], state).await?;
     Ok(created.map_or(0, |c| c.len()))
@@ -127,22 +142,11 @@ pub async fn nightly(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbErr
             .await?;
         return Ok(0);
     };
-    let firing = Firing {
-        reason: format!(
-            "nightly scheduler {} for {} ({})",
-            s.name,
-            at.with_timezone(&tz).format("%Y-%m-%d %H:%M"),
-            tz
-        ),
-        sourcestamps: vec![sourcestamp(s)],
-        properties: Default::default(),
-    };
-    let state = StateMove {
-        object: &object,
-        name: "state",
-        expected: old.as_ref(),
-        new: &new,
-    };
-    let created = buildsets::create_with_state(ctx, s, vec![firing], state).await?;
-    Ok(created.map_or(0, |c| c.len()))
+    let reason = format!(
+        "nightly scheduler {} for {} ({})",
+        s.name,
+        at.with_timezone(&tz).format("%Y-%m-%d %H:%M"),
+        tz
+    );
+    fire(ctx, s, &object, old.as_ref(), &new, reason).await
 }
