@@ -104,7 +104,10 @@ async fn death_is_a_compare_and_swap_on_the_watched_heartbeat(db: &TestDb) {
     assert!(s.declare_dead(a, now).await.unwrap());
     // Exactly one observer wins.
     assert!(!s.declare_dead(a, now).await.unwrap());
-    assert!(!s.heartbeat(a).await.unwrap(), "a dead incarnation cannot beat");
+    assert!(
+        !s.heartbeat(a).await.unwrap(),
+        "a dead incarnation cannot beat"
+    );
 }
 
 async fn releases_skip_rows_a_frozen_master_holds_locked(db: &TestDb) {
@@ -132,7 +135,11 @@ async fn releases_skip_rows_a_frozen_master_holds_locked(db: &TestDb) {
     let started = Instant::now();
     let released = s.release_inactive().await.unwrap();
     let took = started.elapsed();
-    assert_eq!(released, vec![r[1]], "the locked row is skipped, the other released");
+    assert_eq!(
+        released,
+        vec![r[1]],
+        "the locked row is skipped, the other released"
+    );
     assert!(
         took < Duration::from_secs(3),
         "a release waited {took:?} on a locked row"
@@ -154,9 +161,17 @@ async fn orphaned_claims_are_released_only_if_unchanged(db: &TestDb) {
     // r[1] is renewed after the look: its claimed_at moved on.
     tokio::time::sleep(Duration::from_millis(20)).await;
     s.renew_claims(a, &[r[1]]).await.unwrap();
-    assert_eq!(s.release_orphaned_claims(a, &held).await.unwrap(), vec![r[0]]);
+    assert_eq!(
+        s.release_orphaned_claims(a, &held).await.unwrap(),
+        vec![r[0]]
+    );
     // Another master's claims are never anyone's orphans but its own.
     assert!(s.claim_requests(b, &[r[0]]).await.unwrap() == vec![r[0]]);
     let theirs = s.claims_held(b).await.unwrap();
-    assert!(s.release_orphaned_claims(a, &theirs).await.unwrap().is_empty());
+    assert!(
+        s.release_orphaned_claims(a, &theirs)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
