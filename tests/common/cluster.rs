@@ -95,6 +95,9 @@ pub struct ClusterSpec {
     pub relays: bool,
     /// Extra `[cluster]` keys (TOML lines) for the cluster file.
     pub cluster_extra: String,
+    /// Pause between starting one master and the next (zero: all at once,
+    /// which leaves their heartbeat loops in step with each other).
+    pub master_start_gap: Duration,
 }
 
 impl ClusterSpec {
@@ -113,6 +116,7 @@ impl ClusterSpec {
             database_url: None,
             relays: false,
             cluster_extra: String::new(),
+            master_start_gap: Duration::ZERO,
         }
     }
 
@@ -216,6 +220,9 @@ impl Cluster {
         };
         c.start_gateway();
         for i in 0..spec.masters {
+            if i > 0 && !spec.master_start_gap.is_zero() {
+                tokio::time::sleep(spec.master_start_gap).await;
+            }
             c.start_master(&format!("m{}", i + 1));
         }
         // Workers register once every master is linked to the gateway, so
