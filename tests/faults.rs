@@ -585,6 +585,33 @@ async fn lock_holder(
     })
 }
 
+/// How many unfinished requests claimed by `master` are row-locked by
+/// someone: a locking read that skips locked rows finds fewer than a plain one.
+async fn locked_claims(conn: &mut MySqlConnection, master: i64) -> i64 {
+    let total: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM buildrequests WHERE claimed_by_masterid = ? AND complete = 0",
+    )
+    .bind(master)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    // Read committed: the probe keeps no lock on rows it does not return.
+    sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let free: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT id FROM buildrequests \
+         WHERE claimed_by_masterid = ? AND complete = 0 FOR UPDATE SKIP LOCKED) AS f",
+    )
+    .bind(master)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.unwrap();
+    total - free
+}
+
 /// A master frozen (SIGSTOP) while its open transaction holds row locks:
 /// the other masters keep heartbeating and claiming, and declare it dead and
 /// release its claims within `master_timeout` + 2 s.
@@ -609,32 +636,40 @@ async fn a_master_frozen_holding_row_locks_is_reaped_in_time() {
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
-        if pending < 6 {
-            f.submit(6).await;
+        if pending < 5 {
+            f.submit(4).await;
         }
+        let master_id: i64 = sqlx::query_scalar(
+            "SELECT id FROM masters WHERE name = ? AND active = 1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
         attempts += 1;
         let relay = &f.cluster.links(victim).db;
         relay.cut();
         tokio::time::sleep(Duration::from_millis(30)).await;
-        if let Some(holder) = lock_holder(&mut conn, &relay.upstream_ports()).await {
+        // Its open transaction holds locks, among them a request it claimed
+        // (what the reaper must release): as inside `start_build` after its
+        // `FOR UPDATE`.
+        let holder = match lock_holder(&mut conn, &relay.upstream_ports()).await {
+            Some(h) if locked_claims(&mut conn, master_id).await > 0 => Some(h),
+            _ => None,
+        };
+        if let Some(holder) = holder {
             f.cluster.signal_master(victim, Signal::SIGSTOP);
-            caught = Some(holder);
+            caught = Some((holder, master_id));
         } else {
             relay.heal();
             let pause = f.rng.random_range(50..300);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
-    let (thread, locked) = caught.expect("caught the master inside a transaction holding locks");
+    let ((thread, locked), master_id) =
+        caught.expect("caught the master inside a transaction holding locks");
     let at = now_ns();
     let frozen = Instant::now();
-    let master_id: i64 = sqlx::query_scalar(
-        "SELECT id FROM masters WHERE name = ? AND active = 1 ORDER BY id DESC LIMIT 1",
-    )
-    .bind(&name)
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
     eprintln!(
         "SIGSTOP master {name} (id {master_id}) after {attempts} tries: its connection {thread} holds {locked} row locks in an open transaction"
     );
