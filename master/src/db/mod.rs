@@ -43,7 +43,13 @@ macro_rules! with_pool {
             $crate::db::Pool::MySql($pool) => {
                 #[allow(unused_variables)]
                 let $d = $crate::db::dialect::Dialect::MySql;
-                $body
+                // An early return (`?`) also leaves the guard armed: that
+                // only costs a rollback on release, which is harmless.
+                let guard = $crate::db::cancel::Guard::arm();
+                #[allow(clippy::let_unit_value)]
+                let value = $body;
+                guard.disarm();
+                value
             }
             $crate::db::Pool::Sqlite($pool) => {
                 #[allow(unused_variables)]
@@ -66,6 +72,7 @@ macro_rules! with_pool_retry {
 
 mod builds;
 pub(crate) mod buildset_finish;
+mod cancel;
 mod candidates;
 mod change_reads;
 mod claims;
@@ -226,6 +233,16 @@ impl Store {
                 // already treat database errors as transient and retry.
                 .test_before_acquire(false)
                 .after_connect(|conn, _meta| Box::pin(prepare_mysql_session(conn)))
+                .after_release(|conn, _meta| {
+                    Box::pin(async move {
+                        if cancel::recently() {
+                            // Possibly left inside a transaction by a
+                            // cancelled operation (see `cancel`).
+                            conn.execute("ROLLBACK").await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(opts)
                 .await
                 .map_err(DbError::from_connect)?;
@@ -370,9 +387,15 @@ pub async fn within<T>(
     limit: Duration,
     op: impl std::future::Future<Output = Result<T, DbError>>,
 ) -> Result<T, DbError> {
-    match tokio::time::timeout(limit, op).await {
-        Ok(r) => r,
-        Err(_) => Err(DbError::Timeout(limit)),
+    let op = std::pin::pin!(op);
+    tokio::select! {
+        r = op => r,
+        _ = tokio::time::sleep(limit) => {
+            // Noted before the operation is dropped, so its connection is
+            // rolled back when it returns to the pool.
+            cancel::noted();
+            Err(DbError::Timeout(limit))
+        }
     }
 }
 

@@ -33,6 +33,13 @@ use super::{DbError, MasterId, Results};
 /// Run `body` (statements ending in `COMMIT; SELECT ...`) as one transaction
 /// in one round trip; the last row it returns.
 async fn run(pool: &MySqlPool, body: String) -> Result<Option<MySqlRow>, DbError> {
+    let guard = super::cancel::Guard::arm();
+    let r = run_script(pool, body).await;
+    guard.disarm();
+    r
+}
+
+async fn run_script(pool: &MySqlPool, body: String) -> Result<Option<MySqlRow>, DbError> {
     let mut conn = pool.acquire().await?;
     let script = format!("START TRANSACTION; {body}");
     match sqlx::raw_sql(AssertSqlSafe(script))
