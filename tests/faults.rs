@@ -625,7 +625,7 @@ async fn a_master_frozen_holding_row_locks_is_reaped_in_time() {
     let victim = f.rng.random_range(0..3);
     let name = f.cluster.masters[victim].name.clone();
     // Longer round trips keep the victim's transactions open longer.
-    f.cluster.links(victim).db.delay(Duration::from_millis(40));
+    f.cluster.links(victim).db.delay(Duration::from_millis(60));
     let mut conn = f.db().await;
     let mut caught = None;
     let mut attempts = 0;
@@ -636,8 +636,8 @@ async fn a_master_frozen_holding_row_locks_is_reaped_in_time() {
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
-        if pending < 5 {
-            f.submit(4).await;
+        if pending < 4 {
+            f.submit(3).await;
         }
         let master_id: i64 = sqlx::query_scalar(
             "SELECT id FROM masters WHERE name = ? AND active = 1 ORDER BY id DESC LIMIT 1",
@@ -649,7 +649,7 @@ async fn a_master_frozen_holding_row_locks_is_reaped_in_time() {
         attempts += 1;
         let relay = &f.cluster.links(victim).db;
         relay.cut();
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
         // Its open transaction holds locks, among them a request it claimed
         // (what the reaper must release): as inside `start_build` after its
         // `FOR UPDATE`.
@@ -662,7 +662,7 @@ async fn a_master_frozen_holding_row_locks_is_reaped_in_time() {
             caught = Some((holder, master_id));
         } else {
             relay.heal();
-            let pause = f.rng.random_range(50..300);
+            let pause = f.rng.random_range(20..150);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
@@ -671,7 +671,8 @@ async fn a_master_frozen_holding_row_locks_is_reaped_in_time() {
     let at = now_ns();
     let frozen = Instant::now();
     eprintln!(
-        "SIGSTOP master {name} (id {master_id}) after {attempts} tries: its connection {thread} holds {locked} row locks in an open transaction"
+        "SIGSTOP master {name} (id {master_id}) after {attempts} tries in {:.1} s: its connection {thread} holds {locked} row locks in an open transaction",
+        hunt.elapsed().as_secs_f64()
     );
     // Watch for 3 x master_timeout: the others' heartbeats, the victim's
     // death and its claims.
