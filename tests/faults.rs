@@ -65,6 +65,8 @@ fn ms(ns: i128) -> i128 {
 /// A cluster whose every build step writes the ledger, and what the test saw.
 struct Fault {
     cluster: Cluster,
+    /// The test's own MariaDB (dropped after the cluster), unless the test brought one.
+    _server: Option<PrivateMariadb>,
     ledger: PathBuf,
     rng: StdRng,
     ids: Vec<i64>,
@@ -75,9 +77,19 @@ struct Fault {
 
 impl Fault {
     /// A cluster of `masters` masters and `workers` workers whose one builder
-    /// sleeps `step` seconds between its ledger lines.
+    /// sleeps `step` seconds between its ledger lines, on a private MariaDB
+    /// (unless `spec` names a database): relayed connections that a cut
+    /// leaves open, and row locks held for good, stay off the shared server.
     async fn start(name: &'static str, mut spec: ClusterSpec, step: &str) -> Fault {
         let rng = StdRng::seed_from_u64(seed(name));
+        let server = match spec.database_url {
+            Some(_) => None,
+            None => {
+                let server = private_server().await;
+                spec.database_url = Some(server.url("flotilla"));
+                Some(server)
+            }
+        };
         let ledger_dir = tempfile::tempdir().unwrap().keep();
         let ledger = ledger_dir.join("ledger.txt");
         spec.builders_toml = ledger::ledger_builder(BUILDER, &spec.worker_list(), &ledger, step);
@@ -87,6 +99,7 @@ impl Fault {
         tokio::time::sleep(MASTER_TIMEOUT + Duration::from_secs(1)).await;
         Fault {
             cluster,
+            _server: server,
             ledger,
             rng,
             ids: Vec::new(),
@@ -159,6 +172,23 @@ impl Fault {
             },
         )
         .await
+    }
+
+    /// Connected workers by master name.
+    async fn attached_workers(&self) -> HashMap<String, usize> {
+        let mut out = HashMap::new();
+        if let Some(serde_json::Value::Array(ws)) = self
+            .cluster
+            .get(&format!("{}/api/v1/workers", self.cluster.api(0)))
+            .await
+        {
+            for w in ws {
+                if let Some(m) = w["master"].as_str() {
+                    *out.entry(m.to_owned()).or_default() += 1;
+                }
+            }
+        }
+        out
     }
 
     /// Idle connected workers by master name.
@@ -351,6 +381,25 @@ impl Fault {
     }
 }
 
+/// A private MariaDB with an empty `flotilla` database.
+async fn private_server() -> PrivateMariadb {
+    let server = tokio::task::spawn_blocking(PrivateMariadb::start)
+        .await
+        .unwrap();
+    create_database(&server).await;
+    server
+}
+
+async fn create_database(server: &PrivateMariadb) -> MySqlConnection {
+    use sqlx::Connection;
+    let mut conn = MySqlConnection::connect(&server.url("")).await.unwrap();
+    sqlx::query("CREATE DATABASE flotilla")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
 /// For runs of `victim` alive at `at`: when each request ran again
 /// elsewhere, in ms after `at` (None: it never ran again).
 fn failover_ms(
@@ -517,15 +566,10 @@ async fn a_slow_database_link_is_not_a_death() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_database_clock_stepped_forward_and_back() {
     let _gate = GATE.acquire().await.unwrap();
-    let db = PrivateMariadb::start_with_steppable_clock();
-    let mut conn = {
-        use sqlx::Connection;
-        MySqlConnection::connect(&db.url("")).await.unwrap()
-    };
-    sqlx::query("CREATE DATABASE flotilla")
-        .execute(&mut conn)
+    let db = tokio::task::spawn_blocking(PrivateMariadb::start_with_steppable_clock)
         .await
         .unwrap();
+    let mut conn = create_database(&db).await;
     let mut spec = Fault::spec(3, 4, false);
     spec.database_url = Some(db.url("flotilla"));
     let mut f = Fault::start("faults_clock", spec, "8").await;
@@ -559,29 +603,35 @@ async fn the_database_clock_stepped_forward_and_back() {
     drop(db);
 }
 
-/// An open transaction of `ports` (the relay's connections of one master)
-/// holding row locks and having changed nothing yet (as `start_build`
-/// after its `FOR UPDATE`): (thread id, rows locked).
-async fn lock_holder(
-    conn: &mut MySqlConnection,
-    ports: &std::collections::BTreeSet<u16>,
-) -> Option<(i64, i64)> {
+/// The connection id in a MariaDB/MySQL server greeting (protocol 10:
+/// packet header, version byte, server version up to a NUL, then the id).
+fn connection_id(greeting: &[u8]) -> Option<i64> {
+    if greeting.len() < 6 || greeting[4] != 10 {
+        return None;
+    }
+    let nul = 5 + greeting[5..].iter().position(|&b| b == 0)?;
+    let id = greeting.get(nul + 1..nul + 5)?;
+    Some(i64::from(u32::from_le_bytes(id.try_into().ok()?)))
+}
+
+/// An open transaction on one of `threads` (one master's connections)
+/// holding row locks and having changed nothing yet (as `start_build` after
+/// its `FOR UPDATE`): (thread id, rows locked).
+async fn lock_holder(conn: &mut MySqlConnection, threads: &[i64]) -> Option<(i64, i64)> {
     let rows = sqlx::query(
-        "SELECT CAST(t.trx_mysql_thread_id AS SIGNED) AS thread, CAST(t.trx_rows_locked AS SIGNED) AS locked, \
-         CAST(t.trx_rows_modified AS SIGNED) AS modified, t.trx_state AS state, p.HOST AS host \
-         FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p \
-         ON p.ID = t.trx_mysql_thread_id",
+        "SELECT CAST(trx_mysql_thread_id AS SIGNED) AS thread, CAST(trx_rows_locked AS SIGNED) AS locked, \
+         CAST(trx_rows_modified AS SIGNED) AS modified, trx_state AS state \
+         FROM information_schema.INNODB_TRX",
     )
     .fetch_all(conn)
     .await
     .ok()?;
     rows.iter().find_map(|r| {
-        let host: String = r.try_get("host").ok()?;
-        let port: u16 = host.rsplit(':').next()?.parse().ok()?;
+        let thread: i64 = r.get("thread");
         let (locked, modified): (i64, i64) = (r.get("locked"), r.get("modified"));
         let state: String = r.get("state");
-        (ports.contains(&port) && locked > 0 && modified == 0 && state == "RUNNING")
-            .then(|| (r.get::<i64, _>("thread"), locked))
+        (threads.contains(&thread) && locked > 0 && modified == 0 && state == "RUNNING")
+            .then_some((thread, locked))
     })
 }
 
@@ -622,22 +672,37 @@ async fn a_master_frozen_holding_row_locks_is_reaped_in_time() {
     // Work for the whole test: short builds, so builds start all the time.
     f.submit(12).await;
     f.wait_running(2).await;
-    let victim = f.rng.random_range(0..3);
+    // The master with the most workers starts the most builds.
+    let attached = f.attached_workers().await;
+    let most = attached.values().copied().max().unwrap_or(0);
+    let candidates: Vec<usize> = (0..3)
+        .filter(|&i| {
+            attached
+                .get(&f.cluster.masters[i].name)
+                .copied()
+                .unwrap_or(0)
+                == most
+        })
+        .collect();
+    let victim = candidates[f.rng.random_range(0..candidates.len())];
     let name = f.cluster.masters[victim].name.clone();
+    eprintln!("victim: master {name}; workers by master: {attached:?}");
     // Longer round trips keep the victim's transactions open longer.
-    f.cluster.links(victim).db.delay(Duration::from_millis(40));
+    f.cluster.links(victim).db.delay(Duration::from_millis(60));
     let mut conn = f.db().await;
     let mut caught = None;
     let mut attempts = 0;
+    // Transactions found holding locks, but none on a request the master claimed.
+    let mut other_locks = 0;
     let hunt = Instant::now();
-    while caught.is_none() && hunt.elapsed() < Duration::from_secs(90) {
+    while caught.is_none() && hunt.elapsed() < Duration::from_secs(150) {
         let pending: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM buildrequests WHERE complete = 0")
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
-        if pending < 5 {
-            f.submit(4).await;
+        if pending < 4 {
+            f.submit(3).await;
         }
         let master_id: i64 = sqlx::query_scalar(
             "SELECT id FROM masters WHERE name = ? AND active = 1 ORDER BY id DESC LIMIT 1",
@@ -649,29 +714,43 @@ async fn a_master_frozen_holding_row_locks_is_reaped_in_time() {
         attempts += 1;
         let relay = &f.cluster.links(victim).db;
         relay.cut();
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
         // Its open transaction holds locks, among them a request it claimed
         // (what the reaper must release): as inside `start_build` after its
         // `FOR UPDATE`.
-        let holder = match lock_holder(&mut conn, &relay.upstream_ports()).await {
+        let threads: Vec<i64> = relay
+            .greetings()
+            .iter()
+            .filter_map(|g| connection_id(g))
+            .collect();
+        let holder = match lock_holder(&mut conn, &threads).await {
             Some(h) if locked_claims(&mut conn, master_id).await > 0 => Some(h),
-            _ => None,
+            Some(_) => {
+                other_locks += 1;
+                None
+            }
+            None => None,
         };
         if let Some(holder) = holder {
             f.cluster.signal_master(victim, Signal::SIGSTOP);
             caught = Some((holder, master_id));
         } else {
             relay.heal();
-            let pause = f.rng.random_range(50..300);
+            let pause = f.rng.random_range(20..150);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
-    let ((thread, locked), master_id) =
-        caught.expect("caught the master inside a transaction holding locks");
+    let ((thread, locked), master_id) = caught.unwrap_or_else(|| {
+        panic!(
+            "did not catch master {name} inside a transaction holding a lock on its claim \
+                 in {attempts} tries ({other_locks} found other locks)"
+        )
+    });
     let at = now_ns();
     let frozen = Instant::now();
     eprintln!(
-        "SIGSTOP master {name} (id {master_id}) after {attempts} tries: its connection {thread} holds {locked} row locks in an open transaction"
+        "SIGSTOP master {name} (id {master_id}) after {attempts} tries in {:.1} s: its connection {thread} holds {locked} row locks in an open transaction",
+        hunt.elapsed().as_secs_f64()
     );
     // Watch for 3 x master_timeout: the others' heartbeats, the victim's
     // death and its claims.

@@ -1,5 +1,10 @@
 //! A cluster of real `flotilla` processes: one gateway, N masters, M workers,
 //! sharing one cluster file and one fresh MariaDB database.
+//!
+//! With `spec.relays`, each master reaches the database and the gateway
+//! through TCP relays of its own (`links`), set per master with the
+//! environment overrides `FLOTILLA_DATABASE__URL` and `FLOTILLA_GATEWAY__URLS`,
+//! so a test can cut, delay or reset one master's links.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@
 //! It runs on the test's tokio runtime; dropping the relay closes its
 //! listener and resets every connection it carries.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +38,9 @@ struct Shared {
     /// Local ports of the relay's connections to the target (what the target
     /// sees as the peer port, e.g. `HOST` in MariaDB's processlist).
     upstream_ports: Mutex<BTreeSet<u16>>,
+    /// The first bytes the target sent on each open connection, by upstream
+    /// port (e.g. a MariaDB greeting, which carries the connection id).
+    greetings: Mutex<HashMap<u16, Vec<u8>>>,
     accepted: std::sync::atomic::AtomicU64,
 }
 
@@ -111,6 +114,17 @@ impl Relay {
         self.shared.upstream_ports.lock().unwrap().clone()
     }
 
+    /// The first bytes the target sent on each open connection (that got any).
+    pub fn greetings(&self) -> Vec<Vec<u8>> {
+        self.shared
+            .greetings
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
         self.shared
@@ -169,13 +183,24 @@ async fn connection(
         let (cr, cw) = client.split();
         let (ur, uw) = upstream.split();
         let (rx_up, rx_down) = (rx.clone(), rx.clone());
-        let both = async { tokio::try_join!(pump(cr, uw, rx_up), pump(ur, cw, rx_down)) };
+        let greeted = shared.clone();
+        let on_first = move |bytes: &[u8]| {
+            let head = bytes[..bytes.len().min(128)].to_vec();
+            greeted.greetings.lock().unwrap().insert(up_port, head);
+        };
+        let both = async {
+            tokio::try_join!(
+                pump(cr, uw, rx_up, None),
+                pump(ur, cw, rx_down, Some(Box::new(on_first)))
+            )
+        };
         tokio::select! {
             r = both => r.is_ok(),
             _ = rx.wait_for(|s| s.resets != generation || s.closed) => false,
         }
     };
     shared.upstream_ports.lock().unwrap().remove(&up_port);
+    shared.greetings.lock().unwrap().remove(&up_port);
     if !outcome {
         // An RST to both sides: linger zero, then close.
         let _ = client.set_zero_linger();
@@ -185,12 +210,16 @@ async fn connection(
     drop(upstream);
 }
 
+/// Told the first bytes a direction carries.
+type OnFirst = Box<dyn FnOnce(&[u8]) + Send>;
+
 /// One direction: a reader that stamps each chunk with the time it may
 /// leave, and a writer that waits for that time and for the link to be up.
 async fn pump(
     mut from: tokio::net::tcp::ReadHalf<'_>,
     mut to: tokio::net::tcp::WriteHalf<'_>,
     rx: watch::Receiver<State>,
+    mut on_first: Option<OnFirst>,
 ) -> std::io::Result<()> {
     let (tx, mut chunks) = mpsc::channel::<(Instant, Vec<u8>)>(256);
     let mut rx_read = rx.clone();
@@ -202,6 +231,11 @@ async fn pump(
                 return Ok::<(), std::io::Error>(());
             }
             let n = from.read(&mut buf).await?;
+            if n > 0
+                && let Some(f) = on_first.take()
+            {
+                f(&buf[..n]);
+            }
             let leave = Instant::now() + rx_read.borrow().delay;
             if tx.send((leave, buf[..n].to_vec())).await.is_err() || n == 0 {
                 return Ok(());
