@@ -179,6 +179,9 @@ async fn handle(
     match m.msg {
         Some(gateway_to_master::Msg::AuthRequest(req)) => {
             let (result, accepted) = authenticate(state, &req).await;
+            // A credentials check for a name with a live session elsewhere:
+            // answer, attach nothing.
+            let accepted = accepted.filter(|_| !req.check_only);
             // The answer goes out before the worker is attached, so no command
             // for this session can reach the gateway ahead of it.
             let ok = tx
@@ -222,13 +225,17 @@ async fn handle(
             }
             state.wake.notify_one();
         }
-        Some(gateway_to_master::Msg::FromWorker(FromWorker { msg: Some(wm), .. })) => {
+        Some(gateway_to_master::Msg::FromWorker(FromWorker {
+            session,
+            msg: Some(wm),
+        })) => {
+            let from = WorkerKey { link, session };
             match wm.msg {
                 Some(worker_message::Msg::Output(o)) => {
-                    deliver(state, o.command_id, CommandEvent::Output(o.data)).await
+                    deliver(state, from, o.command_id, CommandEvent::Output(o.data)).await
                 }
                 Some(worker_message::Msg::Exit(e)) => {
-                    deliver(state, e.command_id, CommandEvent::Exit(e)).await
+                    deliver(state, from, e.command_id, CommandEvent::Exit(e)).await
                 }
                 Some(worker_message::Msg::Heartbeat(_))
                 | Some(worker_message::Msg::Register(_))
@@ -243,8 +250,8 @@ async fn handle(
     }
 }
 
-async fn deliver(state: &MasterState, command_id: u64, event: CommandEvent) {
-    if let Some(tx) = state.workers.command_sender(command_id) {
+async fn deliver(state: &MasterState, from: WorkerKey, command_id: u64, event: CommandEvent) {
+    if let Some(tx) = state.workers.command_sender(from, command_id) {
         // Waiting here is the back-pressure that keeps a huge log from piling up in memory.
         let _ = tx.send(event).await;
     }
@@ -257,7 +264,8 @@ async fn authenticate(
     req: &AuthRequest,
 ) -> (AuthResult, Option<(i64, Vec<i64>)>) {
     let refuse = |reason: &str| {
-        tracing::warn!(worker = %req.name, reason, "worker refused");
+        // The gateway logs refusals once per burst and slows repeats down.
+        tracing::debug!(worker = %req.name, reason, "worker refused");
         (
             AuthResult {
                 session: req.session,

@@ -70,6 +70,11 @@ pub fn fast_opts() -> GatewayOptions {
         default_silence_timeout: Duration::from_secs(5),
         auth_timeout: Duration::from_secs(2),
         tls: None,
+        ping_interval: Duration::from_millis(300),
+        liveness_deadline: Duration::from_secs(2),
+        probe_timeout: Duration::from_millis(500),
+        handshake_deadline: Duration::from_secs(2),
+        max_connections_per_address: 64,
     }
 }
 
