@@ -436,7 +436,18 @@ pub fn register(name: &str, password: &str) -> WorkerMessage {
 }
 
 impl RawWorker {
+    /// The next message other than the gateway's liveness `Ping`s.
     pub async fn next(&mut self) -> Result<Option<GwMsg>, Status> {
+        loop {
+            match self.next_raw().await {
+                Ok(Some(GwMsg::Ping(_))) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The next message, whatever it is.
+    pub async fn next_raw(&mut self) -> Result<Option<GwMsg>, Status> {
         within("gateway message", self.inbound.message())
             .await
             .map(|m| m.and_then(|m| m.msg))
