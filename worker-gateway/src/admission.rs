@@ -25,6 +25,10 @@ const FIRST_HOLD: Duration = Duration::from_millis(200);
 pub(crate) const MAX_HOLD: Duration = Duration::from_secs(10);
 /// A failure this long after the previous one starts a new burst.
 const BURST_GAP: Duration = Duration::from_secs(60);
+/// Failures an address may have in a burst before its attempts are held:
+/// many honest workers can share one address (NAT, one host), and one
+/// hostile name must not slow them all down at once.
+const ADDR_FREE_FAILURES: u32 = 20;
 /// Above this many tracked keys, quiet ones are forgotten.
 const PRUNE_ABOVE: usize = 4096;
 
@@ -58,6 +62,13 @@ fn keys(name: &str, addr: Option<IpAddr>) -> impl Iterator<Item = Key> {
     std::iter::once(Key::Name(name.to_owned())).chain(addr.map(Key::Addr))
 }
 
+fn hold_for_key(key: &Key, failures: u32) -> Duration {
+    match key {
+        Key::Name(_) => hold_for(failures),
+        Key::Addr(_) => hold_for(failures.saturating_sub(ADDR_FREE_FAILURES)),
+    }
+}
+
 fn hold_for(failures: u32) -> Duration {
     if failures == 0 {
         return Duration::ZERO;
@@ -77,10 +88,10 @@ impl Throttle {
         let now = Instant::now();
         let bursts = self.lock();
         keys(name, addr)
-            .filter_map(|k| bursts.get(&k))
-            .filter(|b| now.duration_since(b.last) < BURST_GAP)
-            .map(|b| {
-                let until = b.last + hold_for(b.failures);
+            .filter_map(|k| bursts.get(&k).map(|b| (k, b)))
+            .filter(|(_, b)| now.duration_since(b.last) < BURST_GAP)
+            .map(|(k, b)| {
+                let until = b.last + hold_for_key(&k, b.failures);
                 until.saturating_duration_since(now)
             })
             .max()
@@ -142,7 +153,13 @@ mod tests {
             t.failed("w", Some(ip), "wrong password");
         }
         assert!(t.hold("w", None) > Duration::from_millis(500));
-        assert!(t.hold("other", Some(ip)) > Duration::from_millis(500));
+        // A few failures do not hold the address's other names back...
+        assert_eq!(t.hold("other", Some(ip)), Duration::ZERO);
+        for _ in 0..ADDR_FREE_FAILURES {
+            t.failed("w", Some(ip), "wrong password");
+        }
+        // ...many do.
+        assert!(t.hold("other", Some(ip)) > Duration::ZERO);
         assert_eq!(t.hold("other", None), Duration::ZERO);
         t.succeeded("w");
         assert_eq!(t.hold("w", None), Duration::ZERO);

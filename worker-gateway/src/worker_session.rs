@@ -610,8 +610,15 @@ impl Session {
         // waits, events (an Interrupt, the master's death) are still handled
         // and the worker is not read (back-pressure reaches its commands).
         let mut pending: Option<GatewayToMaster> = None;
-        let mut tick =
-            tokio::time::interval(self.opts.ping_interval.max(Duration::from_millis(10)));
+        // Checked several times per deadline, so a silent worker is dropped
+        // close to the deadline, not up to a ping interval after it.
+        let every = self
+            .opts
+            .ping_interval
+            .min(self.opts.liveness_deadline / 5)
+            .max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(every);
+        let mut last_ping = tokio::time::Instant::now();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -665,9 +672,10 @@ impl Session {
                         metrics::counter!("flotilla_gateway_workers_dropped_total", "reason" => "silent").increment(1);
                         return Finish::reconnect(&why, Some(master.clone()));
                     }
-                    if silent >= self.opts.ping_interval {
+                    if silent >= self.opts.ping_interval && last_ping.elapsed() >= self.opts.ping_interval {
                         // Never wait here: a worker that does not read is what this detects.
                         let _ = self.worker_tx.try_send(Ok(ping_msg()));
+                        last_ping = tokio::time::Instant::now();
                     }
                 }
                 msg = self.inbound.message(), if pending.is_none() => match msg {

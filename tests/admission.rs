@@ -1,0 +1,314 @@
+//! No client can displace, impersonate or stall another: a misbehaving
+//! worker (`common::bad_worker`) against a real cluster (gateway, master,
+//! real workers, MariaDB). For each misbehaviour, the live workers' builds
+//! are untouched, the ledger shows every request ran exactly once, and the
+//! recovery time is printed.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::bad_worker::{self, BadWorker};
+use common::ledger;
+use common::{Cluster, ClusterSpec, eventually};
+use serde_json::Value;
+
+const BUILDER: &str = "ledger";
+/// The gateway's documented liveness deadline (docs/worker-protocol.md).
+const LIVENESS_DEADLINE: Duration = Duration::from_secs(15);
+
+struct Setup {
+    cluster: Cluster,
+    ledger: PathBuf,
+}
+
+/// One master, workers w1 and w2 (both serve the ledger builder, unless
+/// `builder_workers` says otherwise), each step sleeping `sleep` seconds.
+async fn setup(prefix: &str, sleep: &str, builder_workers: Option<&str>, timeout: &str) -> Setup {
+    let ledger = tempfile::tempdir().unwrap().keep().join("ledger.txt");
+    let mut spec = ClusterSpec::new(1, 2, "");
+    let workers = builder_workers
+        .map(str::to_owned)
+        .unwrap_or_else(|| spec.worker_list());
+    spec.builders_toml = ledger::ledger_builder(BUILDER, &workers, &ledger, sleep)
+        .replace("timeout = \"60s\"", &format!("timeout = \"{timeout}\""));
+    let cluster = Cluster::start(prefix, spec).await;
+    Setup { cluster, ledger }
+}
+
+impl Setup {
+    /// Kills real worker `i` (its name becomes free for a bad worker).
+    async fn kill_worker(&mut self, i: usize) {
+        if let Some(mut p) = self.cluster.workers[i].take() {
+            p.kill9();
+            self.cluster.retired.push(p);
+        }
+        let name = self.cluster.spec.workers[i].0.clone();
+        let url = format!("{}/api/v1/workers", self.cluster.api(0));
+        eventually(
+            &format!("{name} shown disconnected"),
+            Duration::from_secs(30),
+            || async {
+                let ws = self.cluster.get(&url).await?;
+                let gone = ws.as_array()?.iter().all(|w| {
+                    w["name"].as_str() != Some(name.as_str()) || w["connected"] != Value::Bool(true)
+                });
+                gone.then_some(())
+            },
+        )
+        .await;
+    }
+
+    async fn bad(&self, name: &str, password: &str) -> BadWorker {
+        bad_worker::connect(self.cluster.gateway_port, name, password)
+            .await
+            .expect("open a session")
+    }
+
+    async fn force(&self, n: usize) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for i in 0..n {
+            ids.push(self.cluster.force(0, BUILDER, &format!("rev{i}")).await);
+        }
+        ids
+    }
+
+    /// Every request succeeded with `builds_each` build rows, the last a
+    /// success on a real worker; the ledger shows one execution per
+    /// request, ended, never overlapping. Returns the builds.
+    async fn exactly_once(&self, ids: &[i64], builds_each: usize) -> Vec<Vec<Value>> {
+        let rows = self
+            .cluster
+            .wait_complete(0, ids, Duration::from_secs(90))
+            .await;
+        let mut all = Vec::new();
+        for (row, id) in rows.iter().zip(ids) {
+            assert_eq!(row["results"], "success", "request {id}: {row}");
+            let builds = self.cluster.builds_of(0, *id).await;
+            assert_eq!(builds.len(), builds_each, "request {id}: {builds:?}");
+            all.push(builds);
+        }
+        let executions = ledger::read(&self.ledger);
+        let problems = ledger::check(&executions);
+        assert!(problems.is_empty(), "{problems:?}");
+        for id in ids {
+            let runs: Vec<_> = executions.iter().filter(|e| e.request == *id).collect();
+            assert_eq!(runs.len(), 1, "request {id} ran {} times", runs.len());
+            assert!(!runs[0].killed, "request {id}: its only run was killed");
+        }
+        all
+    }
+}
+
+/// Wrong passwords under a live worker's name, hammered, and a duplicate
+/// with the right password: the live workers keep every build; the
+/// newcomers are refused and slowed down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn impostors_under_live_names_change_nothing() {
+    let s = setup("adm_impostor", "2", None, "60s").await;
+    let ids = s.force(6).await;
+    let port = s.cluster.gateway_port;
+    let hammer = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        while started.elapsed() < Duration::from_secs(8) {
+            let mut b = bad_worker::connect(port, "w1", "not-the-password")
+                .await
+                .expect("session");
+            let answer = b.registration().await;
+            assert_eq!(answer, Err("wrong password".to_owned()));
+            attempts += 1;
+        }
+        attempts
+    });
+    let mut twins = 0;
+    for _ in 0..3 {
+        let mut twin = s.bad("w2", "w2-secret").await;
+        assert_eq!(twin.registration().await, Err("worker name in use".into()));
+        twins += 1;
+    }
+    let attempts = hammer.await.unwrap();
+    let builds = s.exactly_once(&ids, 1).await;
+    for b in builds.iter().flatten() {
+        assert_eq!(b["results"], "success", "{b}");
+    }
+    assert!(
+        attempts < 20,
+        "{attempts} wrong-password attempts served in 8 s: not slowed down"
+    );
+    println!(
+        "impostors: {attempts} wrong-password attempts in 8 s and {twins} duplicate-name attempts refused; \
+         0 of {} builds disturbed; recovery time 0 s (the live workers never left)",
+        ids.len()
+    );
+}
+
+/// A worker forging output and exits for every command id a master may
+/// have handed out, then sending a 20 MB message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_outputs_and_exits_finish_no_build() {
+    let mut s = setup("adm_forge", "1", Some("[\"w1\"]"), "60s").await;
+    s.kill_worker(1).await;
+    let mut forger = s.bad("w2", "w2-secret").await;
+    assert!(forger.registration().await.is_ok());
+    let ids = s.force(5).await;
+    let ledger = s.ledger.clone();
+    let forging = tokio::spawn(async move {
+        let mut sent = 0u64;
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until
+            && ledger::read(&ledger)
+                .iter()
+                .filter(|e| e.end_ns.is_some())
+                .count()
+                < 5
+        {
+            for id in 1..=100 {
+                forger.forge_output(id, b"FORGED OUTPUT\n").await;
+                forger.forge_exit(id, if id % 2 == 0 { 0 } else { 1 }).await;
+                sent += 2;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (forger, sent)
+    });
+    let builds = s.exactly_once(&ids, 1).await;
+    let (forger, sent) = forging.await.unwrap();
+    for b in builds.iter().flatten() {
+        assert_eq!(b["worker"], "w1", "{b}");
+        let log = s.cluster.step_log(0, b["id"].as_i64().unwrap(), 0).await;
+        assert!(
+            !log.contains("FORGED"),
+            "forged output in build {}: {log}",
+            b["id"]
+        );
+    }
+    println!(
+        "forger: {sent} forged messages; 0 of {} builds affected",
+        ids.len()
+    );
+
+    // An oversize message ends the forger's stream, saying why.
+    let mut forger = forger;
+    forger.oversize(20 * 1024 * 1024).await;
+    let end = forger.ended(Duration::from_secs(20)).await;
+    match end {
+        Some(Err(status)) => {
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+            assert!(status.message().contains("limit"), "{status:?}");
+            println!(
+                "oversize: stream ended with {:?}: {}",
+                status.code(),
+                status.message()
+            );
+        }
+        other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+    }
+    // The honest worker is still there and still builds.
+    let more = s.force(1).await;
+    s.cluster
+        .wait_complete(0, &more, Duration::from_secs(30))
+        .await;
+}
+
+/// (worker, results) of each build, sorted by worker name.
+fn runs_by_worker(builds: &[Value]) -> Vec<(&str, &str)> {
+    let mut v: Vec<(&str, &str)> = builds
+        .iter()
+        .map(|b| {
+            (
+                b["worker"].as_str().unwrap_or("?"),
+                b["results"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits until the ledger shows the request started; returns when.
+async fn ledger_start(ledger: &std::path::Path, request: i64) -> Instant {
+    eventually(
+        "the request to run on a live worker",
+        Duration::from_secs(90),
+        || async {
+            ledger::read(ledger)
+                .iter()
+                .any(|e| e.request == request && e.start_ns != 0)
+                .then(Instant::now)
+        },
+    )
+    .await
+}
+
+/// A worker that takes a build, then falls silent with its socket open:
+/// the build runs on a live worker within the liveness deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_workers_build_runs_elsewhere_within_the_deadline() {
+    let mut s = setup("adm_silent", "1", None, "60s").await;
+    s.kill_worker(0).await;
+    s.kill_worker(1).await;
+    let mut silent = s.bad("w1", "w1-secret").await;
+    assert!(silent.registration().await.is_ok());
+    let ids = s.force(1).await;
+    let run = silent
+        .wait_run(Duration::from_secs(30))
+        .await
+        .expect("the build's command reaches the only worker");
+    silent.go_silent();
+    let since = Instant::now();
+    s.cluster.workers[1] = Some(s.cluster.spawn_worker(1));
+    let started = ledger_start(&s.ledger, ids[0]).await;
+    let recovery = started.duration_since(since);
+    let builds = s.exactly_once(&ids, 2).await;
+    assert_eq!(
+        runs_by_worker(&builds[0]),
+        [("w1", "retry"), ("w2", "success")]
+    );
+    println!(
+        "silent worker (command {}): its build ran on a live worker {recovery:?} after it fell silent (deadline {LIVENESS_DEADLINE:?})",
+        run.command_id
+    );
+    assert!(
+        recovery < LIVENESS_DEADLINE + Duration::from_secs(8),
+        "{recovery:?}"
+    );
+    drop(silent);
+}
+
+/// A worker that keeps heartbeating but never ends its command: the master
+/// enforces the step's timeout itself, interrupts, then gives the worker up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_past_its_timeout_is_taken_back_by_the_master() {
+    let mut s = setup("adm_timeout", "1", None, "3s").await;
+    s.kill_worker(0).await;
+    s.kill_worker(1).await;
+    let mut wedged = s.bad("w1", "w1-secret").await;
+    assert!(wedged.registration().await.is_ok());
+    let ids = s.force(1).await;
+    let run = wedged
+        .wait_run(Duration::from_secs(30))
+        .await
+        .expect("the build's command reaches the only worker");
+    assert_eq!(run.timeout_ms, 3000);
+    let since = Instant::now();
+    s.cluster.workers[1] = Some(s.cluster.spawn_worker(1));
+    // It answers pings (so the gateway keeps it) and ignores the interrupt.
+    let started = ledger_start(&s.ledger, ids[0]).await;
+    let recovery = started.duration_since(since);
+    let builds = s.exactly_once(&ids, 2).await;
+    assert_eq!(
+        runs_by_worker(&builds[0]),
+        [("w1", "retry"), ("w2", "success")]
+    );
+    // The master told the gateway to drop it.
+    assert!(wedged.ended(Duration::from_secs(10)).await.is_some());
+    println!(
+        "wedged command (timeout 3 s): the build ran on another worker {recovery:?} after it started"
+    );
+    assert!(
+        recovery < Duration::from_secs(3 + 5 + 10 + 8),
+        "{recovery:?}"
+    );
+}
