@@ -312,3 +312,61 @@ async fn a_command_past_its_timeout_is_taken_back_by_the_master() {
         "{recovery:?}"
     );
 }
+
+/// Many workers drop at once while builds run on them: their builds go back
+/// to the queue and run on the workers still connected; no build row is
+/// made for a worker that is already gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mass_drop_sends_retries_only_to_connected_workers() {
+    const DROPPED: usize = 10;
+    let ledger = tempfile::tempdir().unwrap().keep().join("ledger.txt");
+    let mut spec = ClusterSpec::new(1, 2 + DROPPED, "");
+    spec.builders_toml = ledger::ledger_builder(BUILDER, &spec.worker_list(), &ledger, "1");
+    let cluster = Cluster::start("adm_massdrop", spec).await;
+    let mut s = Setup { cluster, ledger };
+    // w1 and w2 stay real; w3.. become hand-driven workers that take commands.
+    for i in 2..2 + DROPPED {
+        s.kill_worker(i).await;
+    }
+    // Keep the real workers busy first, so the requests go to the others.
+    let mut ids = s.force(2).await;
+    eventually("the real workers busy", Duration::from_secs(30), || async {
+        (ledger::read(&s.ledger).len() >= 2).then_some(())
+    })
+    .await;
+    let mut bad: Vec<BadWorker> = Vec::new();
+    for i in 2..2 + DROPPED {
+        let name = s.cluster.spec.workers[i].0.clone();
+        let mut b = s.bad(&name, &format!("{name}-secret")).await;
+        assert!(b.registration().await.is_ok());
+        bad.push(b);
+    }
+    ids.extend(s.force(DROPPED).await);
+    let mut received = 0;
+    for b in &mut bad {
+        if b.wait_run(Duration::from_secs(20)).await.is_some() {
+            received += 1;
+        }
+    }
+    let since = Instant::now();
+    drop(bad); // every hand-driven worker's connection closes at once
+    s.exactly_once(&ids[2..], 2).await;
+    let recovery = since.elapsed();
+    // Every build row on a dropped worker is one it was actually sent.
+    let mut on_dropped = 0;
+    for id in &ids {
+        for b in s.cluster.builds_of(0, *id).await {
+            let worker = b["worker"].as_str().unwrap_or("");
+            if worker != "w1" && worker != "w2" {
+                on_dropped += 1;
+                assert_eq!(b["results"], "retry", "{b}");
+            }
+        }
+    }
+    assert_eq!(received, DROPPED);
+    assert_eq!(on_dropped, received, "build rows for workers already gone");
+    println!(
+        "mass drop of {DROPPED} workers: {on_dropped} retry rows (one per command they held), \
+         all {DROPPED} requests done on the remaining workers {recovery:?} after the drop"
+    );
+}

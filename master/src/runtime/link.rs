@@ -216,13 +216,20 @@ async fn handle(
                 },
                 &format!("worker left: {}", d.reason),
             );
-            if let Err(e) = state
-                .store
-                .worker_detached(state.master_id(), link, d.session)
-                .await
-            {
-                tracing::debug!(error = %e, "could not record the worker as gone");
-            }
+            // Recorded in the background: when many workers leave at once, every
+            // one of them must be out of the registry before the claim loop
+            // picks workers again, not one database write apart. (The write is
+            // keyed by session, so it cannot undo a later attach.)
+            let st = state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = st
+                    .store
+                    .worker_detached(st.master_id(), link, d.session)
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not record the worker as gone");
+                }
+            });
             state.wake.notify_one();
         }
         Some(gateway_to_master::Msg::FromWorker(FromWorker {
