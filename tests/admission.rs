@@ -370,3 +370,51 @@ async fn a_mass_drop_sends_retries_only_to_connected_workers() {
          all {DROPPED} requests done on the remaining workers {recovery:?} after the drop"
     );
 }
+
+/// A log of several megabytes (many chunks, several streamed batches) reads
+/// back whole and from an offset, byte for byte, with its length announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_log_streams_whole_and_from_an_offset() {
+    let builder = "[[builders]]\nname = \"spew\"\nworkers = [\"w1\"]\n  [[builders.steps]]\n  \
+                   name = \"numbers\"\n  command = [\"seq\", \"1\", \"400000\"]\n";
+    let cluster = Cluster::start("adm_biglog", ClusterSpec::new(1, 1, builder)).await;
+    let id = cluster.force(0, "spew", "r").await;
+    cluster
+        .wait_complete(0, &[id], Duration::from_secs(60))
+        .await;
+    let build = cluster.builds_of(0, id).await[0]["id"].as_i64().unwrap();
+    let url = format!("{}/api/v1/builds/{build}/steps/0/log", cluster.api(0));
+    let resp = cluster.http.get(&url).send().await.unwrap();
+    let len: usize = resp.headers()["x-log-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let whole = resp.bytes().await.unwrap();
+    assert_eq!(whole.len(), len);
+    let text = String::from_utf8_lossy(&whole);
+    let numbers: Vec<u64> = text.lines().filter_map(|l| l.parse().ok()).collect();
+    assert_eq!(numbers.len(), 400_000);
+    assert!(numbers.iter().enumerate().all(|(i, n)| *n == i as u64 + 1));
+    let offset = len / 2 + 7;
+    let tail = cluster
+        .http
+        .get(format!("{url}?offset={offset}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&tail[..], &whole[offset..]);
+    let past = cluster
+        .http
+        .get(format!("{url}?offset={}", len + 10))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(past.is_empty());
+}
