@@ -50,6 +50,9 @@ impl std::fmt::Display for Key {
 struct Burst {
     failures: u32,
     last: Instant,
+    /// Attempts held back wait their turn: concurrent attempts under one
+    /// key are spaced out, not released together.
+    next_at: Instant,
 }
 
 /// Failure bookkeeping shared by all sessions of one gateway.
@@ -83,19 +86,25 @@ impl Throttle {
     }
 
     /// How long an attempt by `name` from `addr` must wait before it is
-    /// looked at (zero when neither has failed recently).
+    /// looked at (zero when neither has failed recently). Takes the
+    /// attempt's turn: the next one under the same key waits longer.
     pub fn hold(&self, name: &str, addr: Option<IpAddr>) -> Duration {
         let now = Instant::now();
-        let bursts = self.lock();
-        keys(name, addr)
-            .filter_map(|k| bursts.get(&k).map(|b| (k, b)))
-            .filter(|(_, b)| now.duration_since(b.last) < BURST_GAP)
-            .map(|(k, b)| {
-                let until = b.last + hold_for_key(&k, b.failures);
-                until.saturating_duration_since(now)
-            })
-            .max()
-            .unwrap_or_default()
+        let mut bursts = self.lock();
+        let mut wait = Duration::ZERO;
+        for k in keys(name, addr) {
+            let Some(b) = bursts.get_mut(&k) else {
+                continue;
+            };
+            if now.duration_since(b.last) >= BURST_GAP {
+                continue;
+            }
+            let step = hold_for_key(&k, b.failures);
+            let turn = (b.last + step).max(b.next_at).max(now);
+            b.next_at = turn + step;
+            wait = wait.max(turn.saturating_duration_since(now));
+        }
+        wait.min(MAX_HOLD)
     }
 
     /// Records a refused attempt; logs the start of a burst.
@@ -110,6 +119,7 @@ impl Throttle {
             let burst = bursts.entry(key.clone()).or_insert(Burst {
                 failures: 0,
                 last: now,
+                next_at: now,
             });
             if burst.failures > 0 && now.duration_since(burst.last) >= BURST_GAP {
                 if burst.failures > 1 {
@@ -161,6 +171,10 @@ mod tests {
         // ...many do.
         assert!(t.hold("other", Some(ip)) > Duration::ZERO);
         assert_eq!(t.hold("other", None), Duration::ZERO);
+        // Concurrent attempts under one name are spaced out.
+        let first = t.hold("w", None);
+        let second = t.hold("w", None);
+        assert!(second > first || second == MAX_HOLD, "{first:?} {second:?}");
         t.succeeded("w");
         assert_eq!(t.hold("w", None), Duration::ZERO);
     }

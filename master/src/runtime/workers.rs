@@ -327,3 +327,41 @@ pub fn to_worker(session: u64, msg: gateway_message::Msg) -> MasterToGateway {
         })),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_and_exit_are_taken_only_from_the_session_the_command_went_to() {
+        let reg = WorkerRegistry::default();
+        let (link_tx, mut link_rx) = mpsc::channel(8);
+        let a = WorkerKey {
+            link: 1,
+            session: 1,
+        };
+        let b = WorkerKey {
+            link: 1,
+            session: 2,
+        };
+        reg.attach(a, "a".into(), 1, vec![], link_tx.clone());
+        reg.attach(b, "b".into(), 2, vec![], link_tx);
+        let run = RunCommand {
+            command_id: 7,
+            ..RunCommand::default()
+        };
+        let _rx = reg.start_command(a, run).await.unwrap();
+        assert!(link_rx.recv().await.is_some());
+        assert!(reg.command_sender(a, 7).is_some());
+        assert!(
+            reg.command_sender(b, 7).is_none(),
+            "another session's exit accepted"
+        );
+        let other_link = WorkerKey {
+            link: 2,
+            session: 1,
+        };
+        assert!(reg.command_sender(other_link, 7).is_none());
+        assert!(reg.command_sender(a, 8).is_none());
+    }
+}
