@@ -40,19 +40,28 @@ async fn setup(prefix: &str, sleep: &str, builder_workers: Option<&str>, timeout
 impl Setup {
     /// Kills real worker `i` (its name becomes free for a bad worker).
     async fn kill_worker(&mut self, i: usize) {
-        if let Some(mut p) = self.cluster.workers[i].take() {
-            p.kill9();
-            self.cluster.retired.push(p);
+        self.kill_workers(i..i + 1).await;
+    }
+
+    /// Kills real workers `range` at once and waits until they are shown gone.
+    async fn kill_workers(&mut self, range: std::ops::Range<usize>) {
+        let mut names = Vec::new();
+        for i in range {
+            if let Some(mut p) = self.cluster.workers[i].take() {
+                p.kill9();
+                self.cluster.retired.push(p);
+            }
+            names.push(self.cluster.spec.workers[i].0.clone());
         }
-        let name = self.cluster.spec.workers[i].0.clone();
         let url = format!("{}/api/v1/workers", self.cluster.api(0));
         eventually(
-            &format!("{name} shown disconnected"),
+            &format!("{names:?} shown disconnected"),
             Duration::from_secs(30),
             || async {
                 let ws = self.cluster.get(&url).await?;
                 let gone = ws.as_array()?.iter().all(|w| {
-                    w["name"].as_str() != Some(name.as_str()) || w["connected"] != Value::Bool(true)
+                    !names.iter().any(|n| w["name"].as_str() == Some(n.as_str()))
+                        || w["connected"] != Value::Bool(true)
                 });
                 gone.then_some(())
             },
@@ -318,16 +327,14 @@ async fn a_command_past_its_timeout_is_taken_back_by_the_master() {
 /// made for a worker that is already gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mass_drop_sends_retries_only_to_connected_workers() {
-    const DROPPED: usize = 10;
+    const DROPPED: usize = 30;
     let ledger = tempfile::tempdir().unwrap().keep().join("ledger.txt");
     let mut spec = ClusterSpec::new(1, 2 + DROPPED, "");
     spec.builders_toml = ledger::ledger_builder(BUILDER, &spec.worker_list(), &ledger, "1");
     let cluster = Cluster::start("adm_massdrop", spec).await;
     let mut s = Setup { cluster, ledger };
     // w1 and w2 stay real; w3.. become hand-driven workers that take commands.
-    for i in 2..2 + DROPPED {
-        s.kill_worker(i).await;
-    }
+    s.kill_workers(2..2 + DROPPED).await;
     // Keep the real workers busy first, so the requests go to the others.
     let mut ids = s.force(2).await;
     eventually("the real workers busy", Duration::from_secs(30), || async {
@@ -341,11 +348,16 @@ async fn a_mass_drop_sends_retries_only_to_connected_workers() {
         assert!(b.registration().await.is_ok());
         bad.push(b);
     }
-    ids.extend(s.force(DROPPED).await);
+    // Half of them get a command; the other half are idle when they drop.
+    const BUSY: usize = DROPPED / 2;
+    ids.extend(s.force(BUSY).await);
     let mut received = 0;
-    for b in &mut bad {
-        if b.wait_run(Duration::from_secs(20)).await.is_some() {
-            received += 1;
+    let until = Instant::now() + Duration::from_secs(30);
+    while received < BUSY && Instant::now() < until {
+        for b in &mut bad {
+            if b.wait_run(Duration::from_millis(20)).await.is_some() {
+                received += 1;
+            }
         }
     }
     let since = Instant::now();
@@ -363,11 +375,11 @@ async fn a_mass_drop_sends_retries_only_to_connected_workers() {
             }
         }
     }
-    assert_eq!(received, DROPPED);
+    assert_eq!(received, BUSY);
     assert_eq!(on_dropped, received, "build rows for workers already gone");
     println!(
-        "mass drop of {DROPPED} workers: {on_dropped} retry rows (one per command they held), \
-         all {DROPPED} requests done on the remaining workers {recovery:?} after the drop"
+        "mass drop of {DROPPED} workers ({BUSY} busy): {on_dropped} retry rows (one per command they held), \
+         all {BUSY} requests done on the remaining workers {recovery:?} after the drop"
     );
 }
 
