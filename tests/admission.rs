@@ -430,3 +430,56 @@ async fn a_large_log_streams_whole_and_from_an_offset() {
         .unwrap();
     assert!(past.is_empty());
 }
+
+/// A real worker process frozen (SIGSTOP) while its step runs: the gateway
+/// drops it by the clock and the build runs on a live worker. The frozen
+/// worker's step itself cannot be stopped by anyone (its processes are not
+/// frozen) — it ends on its own; the retry must not overlap it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_workers_build_runs_elsewhere_within_the_deadline() {
+    let mut s = setup("adm_frozen", "1", None, "60s").await;
+    s.kill_worker(1).await;
+    let ids = s.force(1).await;
+    eventually(
+        "the build running on w1",
+        Duration::from_secs(30),
+        || async { (!ledger::read(&s.ledger).is_empty()).then_some(()) },
+    )
+    .await;
+    s.cluster.workers[0]
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGSTOP);
+    let since = Instant::now();
+    s.cluster.workers[1] = Some(s.cluster.spawn_worker(1));
+    let rerun = eventually(
+        "the build to run again",
+        Duration::from_secs(90),
+        || async { (ledger::read(&s.ledger).len() >= 2).then(Instant::now) },
+    )
+    .await;
+    let recovery = rerun.duration_since(since);
+    let rows = s
+        .cluster
+        .wait_complete(0, &ids, Duration::from_secs(60))
+        .await;
+    assert_eq!(rows[0]["results"], "success");
+    let builds = s.cluster.builds_of(0, ids[0]).await;
+    assert_eq!(
+        runs_by_worker(&builds),
+        [("w1", "retry"), ("w2", "success")]
+    );
+    let problems = ledger::check(&ledger::read(&s.ledger));
+    assert!(problems.is_empty(), "{problems:?}");
+    s.cluster.workers[0]
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGCONT);
+    println!(
+        "frozen worker: its build ran on a live worker {recovery:?} after the freeze (deadline {LIVENESS_DEADLINE:?})"
+    );
+    assert!(
+        recovery < LIVENESS_DEADLINE + Duration::from_secs(8),
+        "{recovery:?}"
+    );
+}
