@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod bad_worker;
 pub mod browser;
 pub mod cluster;
 pub mod database;

@@ -8,6 +8,8 @@
 //! commands it was running and sends its workers to register again, so they
 //! land on another master. The gateway keeps no state beyond its connections.
 
+mod admission;
+mod connections;
 mod error;
 mod master_link;
 mod options;
@@ -24,7 +26,6 @@ use flotilla_proto::v1::worker_gateway_server::WorkerGatewayServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -56,11 +57,14 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let registry = Arc::new(Registry::new(gateway_id()));
     let opts = Arc::new(opts);
+    let connections = Arc::new(connections::Connections::default());
 
     let workers = WorkerGatewayServer::new(WorkerGatewayService {
         registry: registry.clone(),
         opts: opts.clone(),
         shutdown: shutdown.clone(),
+        throttle: Arc::new(admission::Throttle::default()),
+        connections: connections.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -68,6 +72,7 @@ pub async fn serve(
         registry: registry.clone(),
         opts: opts.clone(),
         shutdown: shutdown.clone(),
+        connections: connections.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -80,9 +85,12 @@ pub async fn serve(
         .set_serving::<MasterLinkServer<MasterLinkService>>()
         .await;
 
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
+    let incoming = connections::accept(
+        listener,
+        connections,
+        opts.handshake_deadline,
+        opts.max_connections_per_address,
+    );
     let stop = shutdown.clone();
     let signal = async move {
         stop.cancelled().await;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::connections::Connections;
 use crate::options::GatewayOptions;
 use crate::registry::{MasterHandle, Registry, SessionEvent};
 
@@ -31,6 +32,7 @@ pub(crate) struct MasterLinkService {
     pub registry: Arc<Registry>,
     pub opts: Arc<GatewayOptions>,
     pub shutdown: CancellationToken,
+    pub connections: Arc<Connections>,
 }
 
 type AttachStream = Pin<Box<dyn Stream<Item = Result<GatewayToMaster, Status>> + Send>>;
@@ -45,7 +47,8 @@ impl MasterLink for MasterLinkService {
     ) -> Result<Response<Self::AttachStream>, Status> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
-        let hello = first_hello(&mut inbound, self.opts.auth_timeout).await?;
+        let hello = first_hello(&mut inbound, self.opts.handshake_deadline).await?;
+        self.connections.handshaken(peer);
         if hello.name.is_empty() {
             return Err(Status::invalid_argument(
                 "MasterHello.name must not be empty",

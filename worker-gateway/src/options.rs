@@ -14,6 +14,20 @@ pub struct GatewayOptions {
     pub auth_timeout: Duration,
     /// Serve TLS with this certificate and key (PEM files).
     pub tls: Option<TlsFiles>,
+    /// How often a registered worker that has said nothing is sent `Ping`.
+    pub ping_interval: Duration,
+    /// A worker that sends nothing (no heartbeat, no answer to `Ping`, no
+    /// output) for this long is dropped and its commands reported lost.
+    pub liveness_deadline: Duration,
+    /// How long a live session of the same name has to answer the `Ping` of
+    /// a liveness probe before a newcomer (with the right password) may
+    /// replace it.
+    pub probe_timeout: Duration,
+    /// A TCP connection that has not sent `Register` (or `MasterHello`)
+    /// within this long is closed.
+    pub handshake_deadline: Duration,
+    /// Most TCP connections open at once from one IP address.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for GatewayOptions {
@@ -22,6 +36,11 @@ impl Default for GatewayOptions {
             default_silence_timeout: Duration::from_secs(15),
             auth_timeout: Duration::from_secs(10),
             tls: None,
+            ping_interval: Duration::from_secs(5),
+            liveness_deadline: Duration::from_secs(15),
+            probe_timeout: Duration::from_secs(3),
+            handshake_deadline: Duration::from_secs(10),
+            max_connections_per_address: 512,
         }
     }
 }

@@ -8,10 +8,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::Duration;
 
 use flotilla_proto::v1::{GatewayMessage, GatewayToMaster};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -21,6 +24,69 @@ use crate::routing;
 pub(crate) type LinkId = u64;
 /// Identifies one worker `Session` stream; also the `session` field on the wire.
 pub(crate) type SessionId = u64;
+
+/// Sender half of a worker's outgoing stream.
+pub(crate) type WorkerTx = mpsc::Sender<Result<GatewayMessage, Status>>;
+
+/// How long a worker is not routed back to a master that handed it back.
+const AVOID_FOR: Duration = Duration::from_secs(10);
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Milliseconds on the gateway's monotonic clock.
+pub(crate) fn clock_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64
+}
+
+/// When a worker was last heard from, shared between its session task and
+/// sessions that probe it.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    last_heard_ms: AtomicU64,
+    /// The session is not reading the worker because its master is slow
+    /// (back-pressure): silence is then not the worker's fault.
+    blocked: AtomicBool,
+}
+
+impl Liveness {
+    pub fn new() -> Self {
+        Self {
+            last_heard_ms: AtomicU64::new(clock_ms()),
+            blocked: AtomicBool::new(false),
+        }
+    }
+
+    pub fn heard(&self) {
+        self.last_heard_ms.fetch_max(clock_ms(), Ordering::SeqCst);
+    }
+
+    pub fn set_blocked(&self, blocked: bool) {
+        if !blocked {
+            self.heard();
+        }
+        self.blocked.store(blocked, Ordering::SeqCst);
+    }
+
+    /// Heard from at or after `since_ms`, or not read through no fault of its own.
+    pub fn heard_since(&self, since_ms: u64) -> bool {
+        self.blocked.load(Ordering::SeqCst) || self.last_heard_ms.load(Ordering::SeqCst) >= since_ms
+    }
+
+    /// How long the worker has been silent (zero while blocked).
+    pub fn silent_for(&self) -> Duration {
+        if self.blocked.load(Ordering::SeqCst) {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(clock_ms().saturating_sub(self.last_heard_ms.load(Ordering::SeqCst)))
+    }
+}
+
+/// The live session holding a worker name, for a newcomer to probe.
+pub(crate) struct Holder {
+    pub liveness: Arc<Liveness>,
+    pub worker_tx: WorkerTx,
+    pub done: CancellationToken,
+}
 
 /// Sender half of a master's outgoing stream.
 pub(crate) type MasterTx = mpsc::Sender<Result<GatewayToMaster, Status>>;
@@ -71,6 +137,14 @@ impl MasterHandle {
         }
     }
 
+    /// Room in the master's queue if there is some right now.
+    pub fn reserve_now(&self) -> Option<mpsc::Permit<'_, Result<GatewayToMaster, Status>>> {
+        if self.dead.is_cancelled() {
+            return None;
+        }
+        self.tx.try_reserve().ok()
+    }
+
     /// The status to end the master's stream with, once the link is dead.
     pub fn take_final_status(&self) -> Option<Status> {
         lock(&self.final_status).take()
@@ -94,8 +168,9 @@ pub(crate) enum SessionEvent {
         link: LinkId,
         reason: String,
     },
-    /// A newer session registered the same worker name.
-    Replaced,
+    /// A newer session with the right password registered the same worker
+    /// name, and this one failed its liveness probe.
+    Superseded,
 }
 
 impl SessionEvent {
@@ -105,7 +180,7 @@ impl SessionEvent {
             Self::AuthResult { .. } => "AuthResult",
             Self::ToWorker { .. } => "ToWorker",
             Self::MasterGone { .. } => "MasterGone",
-            Self::Replaced => "Replaced",
+            Self::Superseded => "Superseded",
         }
     }
 }
@@ -123,6 +198,8 @@ struct SessionEntry {
     /// Cancelled when the session's task has finished (including telling its
     /// master it detached).
     done: CancellationToken,
+    liveness: Arc<Liveness>,
+    worker_tx: WorkerTx,
 }
 
 #[derive(Default)]
@@ -130,6 +207,8 @@ struct Inner {
     masters: HashMap<LinkId, MasterEntry>,
     sessions: HashMap<SessionId, SessionEntry>,
     by_name: HashMap<String, SessionId>,
+    /// Worker name → the master that handed it back, and until when.
+    avoid: HashMap<String, (LinkId, Instant)>,
     next_link: LinkId,
     next_session: SessionId,
 }
@@ -277,28 +356,56 @@ impl Registry {
         true
     }
 
-    /// The master a worker of this name should go to now, if any is routable.
-    pub fn route(&self, worker: &str) -> Option<MasterHandle> {
-        let inner = lock(&self.inner);
+    /// The master a worker of this name should go to now, if any is
+    /// routable. Draining masters never are; neither is, for a while, the
+    /// master that just handed this worker back (a master starting to drain
+    /// hands back its workers before its heartbeat says so). `Err` carries
+    /// when that exclusion ends, if it is what leaves no master.
+    pub fn route(&self, worker: &str) -> Result<MasterHandle, Option<Instant>> {
+        let mut inner = lock(&self.inner);
+        let now = Instant::now();
+        let avoided = match inner.avoid.get(worker) {
+            Some((link, until)) if *until > now => Some((*link, *until)),
+            Some(_) => {
+                inner.avoid.remove(worker);
+                None
+            }
+            None => None,
+        };
         routing::pick(
             worker,
             inner
                 .masters
                 .values()
                 .filter(|m| !m.draining)
+                .filter(|m| avoided.is_none_or(|(l, _)| l != m.handle.link))
                 .map(|m| (m.handle.name.as_str(), m.handle.master_id, &m.handle)),
         )
         .cloned()
+        .ok_or(avoided.map(|(_, until)| until))
     }
 
-    /// Adds a session for worker `name`. If the name already has a session,
-    /// that one is told it was replaced, and its `done` token is returned so
-    /// the new session can let it finish detaching first.
+    /// Keeps `worker` away from master `link` for a while.
+    pub fn avoid(&self, worker: &str, link: LinkId) {
+        let mut inner = lock(&self.inner);
+        let now = Instant::now();
+        if inner.avoid.len() > 4096 {
+            inner.avoid.retain(|_, (_, until)| *until > now);
+        }
+        inner
+            .avoid
+            .insert(worker.to_owned(), (link, now + AVOID_FOR));
+    }
+
+    /// Adds a session for worker `name`. It does not hold the name until
+    /// [`Registry::claim_name`] succeeds.
     pub fn new_session(
         &self,
         name: &str,
         events: mpsc::UnboundedSender<SessionEvent>,
-    ) -> (SessionId, Option<CancellationToken>) {
+        liveness: Arc<Liveness>,
+        worker_tx: WorkerTx,
+    ) -> SessionId {
         let mut inner = lock(&self.inner);
         inner.next_session += 1;
         let id = inner.next_session;
@@ -309,15 +416,53 @@ impl Registry {
                 events,
                 master: None,
                 done: CancellationToken::new(),
+                liveness,
+                worker_tx,
             },
         );
-        let previous = inner.by_name.insert(name.to_owned(), id).and_then(|old| {
-            let old = inner.sessions.get(&old)?;
-            let _ = old.events.send(SessionEvent::Replaced);
-            Some(old.done.clone())
-        });
         metrics::gauge!("flotilla_gateway_connected_workers").set(inner.sessions.len() as f64);
-        (id, previous)
+        id
+    }
+
+    /// The live session holding `name`, other than `me`, with its id.
+    pub fn holder(&self, name: &str, me: SessionId) -> Option<(SessionId, Holder)> {
+        let inner = lock(&self.inner);
+        let id = *inner.by_name.get(name)?;
+        if id == me {
+            return None;
+        }
+        let s = inner.sessions.get(&id)?;
+        Some((
+            id,
+            Holder {
+                liveness: s.liveness.clone(),
+                worker_tx: s.worker_tx.clone(),
+                done: s.done.clone(),
+            },
+        ))
+    }
+
+    /// Makes `me` the holder of `name` if nobody (alive) holds it, or if the
+    /// holder is `superseded`, which is told to end. Otherwise returns the
+    /// holder.
+    pub fn claim_name(
+        &self,
+        name: &str,
+        me: SessionId,
+        superseded: Option<SessionId>,
+    ) -> Result<(), SessionId> {
+        let mut inner = lock(&self.inner);
+        if let Some(h) = inner.by_name.get(name).copied()
+            && h != me
+            && let Some(old) = inner.sessions.get(&h)
+        {
+            if Some(h) != superseded {
+                return Err(h);
+            }
+            let _ = old.events.send(SessionEvent::Superseded);
+        }
+        inner.by_name.insert(name.to_owned(), me);
+        Ok(())
     }
 
     /// Routes `session` to `link`. False if the link has died meanwhile.

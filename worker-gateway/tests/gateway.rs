@@ -56,7 +56,7 @@ async fn accepted_worker_is_registered_and_messages_flow_both_ways() {
     .await;
 
     m.to_worker(session, GwMsg::Ping(Ping {})).await;
-    assert!(matches!(w.next().await, Ok(Some(GwMsg::Ping(_)))));
+    assert!(matches!(w.next_raw().await, Ok(Some(GwMsg::Ping(_)))));
 
     // ToWorker for an unknown session is ignored.
     m.to_worker(session + 1000, GwMsg::Ping(Ping {})).await;
@@ -376,9 +376,10 @@ async fn a_worker_waits_for_the_first_master() {
 }
 
 #[tokio::test]
-async fn a_new_session_of_the_same_worker_replaces_the_old_one() {
+async fn a_new_session_replaces_one_that_fails_its_liveness_probe() {
     let gw = start_gateway(fast_opts()).await;
     let mut m = attach(&gw.url, MasterSpec::new("m1", 1)).await;
+    // A raw session that never answers a Ping.
     let (mut old, _) = registered_raw(&gw.url, "dup").await;
     let old_session = m.auth_request("dup").await;
 
@@ -394,19 +395,28 @@ async fn a_new_session_of_the_same_worker_replaces_the_old_one() {
 #[tokio::test]
 async fn a_master_hands_a_worker_back_with_reconnect() {
     let gw = start_gateway(fast_opts()).await;
-    let mut m = attach(&gw.url, MasterSpec::new("m1", 1)).await;
-    let worker = start_worker(&gw.url, "handed", "pw");
-    let session = m.auth_request("handed").await;
-    m.to_worker(
+    let masters = [("m1", 1), ("m2", 2)];
+    let mut m1 = attach(&gw.url, MasterSpec::new("m1", 1)).await;
+    let mut m2 = attach(&gw.url, MasterSpec::new("m2", 2)).await;
+    // A worker whose rendezvous choice is m1.
+    let name = (0..100)
+        .map(|i| format!("handed-{i}"))
+        .find(|n| expected_master(n, &masters) == "m1")
+        .unwrap();
+    let worker = start_worker(&gw.url, &name, "pw");
+    let session = m1.auth_request(&name).await;
+    m1.to_worker(
         session,
         GwMsg::Reconnect(Reconnect {
             reason: "draining".into(),
         }),
     )
     .await;
-    let reason = m.detached(session).await;
+    let reason = m1.detached(session).await;
     assert!(reason.contains("draining"), "{reason}");
-    let again = m.auth_request("handed").await;
+    // Not straight back to the master that handed it back (it may be
+    // starting to drain before its heartbeat says so).
+    let again = m2.auth_request(&name).await;
     assert_ne!(again, session);
     worker.stop().await;
 }

@@ -10,6 +10,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -281,12 +282,14 @@ pub async fn step_log(
         .step_log_id(id, n, "stdio")
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no log for step {n} of build {id}")))?;
-    let bytes = st.store.read_log(log_id).await?;
-    let len = bytes.len();
-    let tail = bytes
-        .get(from as usize..)
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default();
+    // Streamed from the database a few chunks at a time: memory stays flat
+    // however large the log (a 200 MB log read whole cost ~450 MB).
+    let span = st.store.log_span(log_id, from as u64).await?;
+    let len = span.len;
+    let chunks = st
+        .store
+        .log_stream(log_id, span)
+        .map(|r| r.map_err(std::io::Error::other));
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
@@ -295,7 +298,7 @@ pub async fn step_log(
                 len.to_string(),
             ),
         ],
-        tail,
+        axum::body::Body::from_stream(chunks),
     ))
 }
 

@@ -33,6 +33,10 @@ pub enum AbortReason {
 
 /// How long to wait for a worker to confirm an interrupted command ended.
 const INTERRUPT_WAIT: Duration = Duration::from_secs(10);
+/// A worker reports a command past its `timeout` itself (after killing it,
+/// which takes up to a few seconds); past this much more, the master
+/// interrupts it, and after `INTERRUPT_WAIT` gives up on the worker.
+const TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 /// Transient database errors are retried for about this long.
 const RETRY_FOR: Duration = Duration::from_secs(60);
 /// Deadline of one attempt in [`retry_transient`]: a silent connection
@@ -149,6 +153,13 @@ impl BuildCtx<'_> {
                 "fenced before the build started; handing the request back"
             );
             store.unclaim(me, &[self.request_id]).await?;
+            return Ok(());
+        }
+        if !st.workers.is_attached(self.worker.key) {
+            // Gone between the claim and now (e.g. many workers dropped at
+            // once): no build row for it; the request goes straight back.
+            tracing::info!(request = self.request_id, worker = %self.worker.name, "worker left before the build started; request handed back");
+            store.unclaim(me, &ids).await?;
             return Ok(());
         }
         let build = retry_transient(|| {
@@ -317,7 +328,11 @@ impl BuildCtx<'_> {
                 });
             }
         };
-        let outcome = match self.follow(command_id, &mut rx, &mut log).await {
+        let step_timeout = step.timeout.map(|t| t.get());
+        let outcome = match self
+            .follow(command_id, step_timeout, &mut rx, &mut log)
+            .await
+        {
             Ok(o) => o,
             Err(e) => {
                 // A database error while the command may still run: stop it
@@ -372,12 +387,18 @@ impl BuildCtx<'_> {
     async fn follow(
         &self,
         command_id: u64,
+        step_timeout: Option<Duration>,
         rx: &mut mpsc::Receiver<CommandEvent>,
         log: &mut BuildLog,
     ) -> Result<StepOutcome, DbError> {
         let st = self.state;
         let mut interrupted: Option<AbortReason> = None;
-        let mut give_up = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        let mut give_up = far;
+        // The step's timeout, enforced here too: a wedged worker never reports it.
+        let mut overdue_at =
+            step_timeout.map_or(far, |t| tokio::time::Instant::now() + t + TIMEOUT_SLACK);
+        let mut overdue = false;
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         let outcome = loop {
             tokio::select! {
@@ -385,6 +406,10 @@ impl BuildCtx<'_> {
                     Some(CommandEvent::Output(data)) => log.write(&data).await?,
                     Some(CommandEvent::Exit(exit)) => {
                         let mut o = exit_outcome(&exit);
+                        if overdue && interrupted.is_none() {
+                            o.results = Results::Failure;
+                            o.state = "timed out; interrupted by the master".into();
+                        }
                         if let Some(reason) = interrupted {
                             o.aborted = Some(reason);
                             o.results = if reason == AbortReason::Stopped { Results::Cancelled } else { Results::Retry };
@@ -415,10 +440,26 @@ impl BuildCtx<'_> {
                     log.note(&format!("interrupting the command: {reason:?}")).await?;
                     st.workers.interrupt(self.worker.key, command_id, &format!("{reason:?}")).await;
                 }
+                _ = tokio::time::sleep_until(overdue_at), if !overdue && interrupted.is_none() => {
+                    overdue = true;
+                    overdue_at = far;
+                    give_up = tokio::time::Instant::now() + INTERRUPT_WAIT;
+                    let limit = step_timeout.unwrap_or_default();
+                    tracing::warn!(request = self.request_id, worker = %self.worker.name, command = command_id, ?limit,
+                        "the worker did not end a command past its timeout; interrupting it");
+                    log.note(&format!("the worker did not end the command within its timeout of {limit:?}; the master interrupts it")).await?;
+                    st.workers.interrupt(self.worker.key, command_id, "timeout exceeded (enforced by the master)").await;
+                }
                 _ = tokio::time::sleep_until(give_up) => {
                     log.note("the worker did not confirm the interrupt").await?;
-                    st.workers.detach(self.worker.key, "did not confirm an interrupted command");
-                    wait_for_gateway_fence(st).await;
+                    if overdue && interrupted.is_none() {
+                        let why = "frozen: did not end a command past its timeout nor confirm its interrupt";
+                        tracing::warn!(request = self.request_id, worker = %self.worker.name, "{why}; dropping the worker");
+                        st.workers.drop_worker(self.worker.key, why).await;
+                    } else {
+                        st.workers.detach(self.worker.key, "did not confirm an interrupted command");
+                        wait_for_gateway_fence(st).await;
+                    }
                     break lost_outcome(interrupted);
                 }
                 _ = tick.tick() => {

@@ -36,11 +36,9 @@ pub async fn run(state: Arc<MasterState>, link: u64, url: String, stop: Cancella
             _ = stop.cancelled() => Ok(()),
         };
         state.workers.detach_link(link, LINK_CLOSED);
-        if let Err(e) = state
-            .store
-            .workers_detached_link(state.master_id(), link)
-            .await
-        {
+        let deadline = state.config.cluster.master_timeout.get() / 2;
+        let record = state.store.workers_detached_link(state.master_id(), link);
+        if let Err(e) = crate::db::within(deadline, record).await {
             tracing::debug!(error = %e, "could not record the link's workers as gone");
         }
         state.wake.notify_one();
@@ -190,6 +188,9 @@ async fn handle(
     match m.msg {
         Some(gateway_to_master::Msg::AuthRequest(req)) => {
             let (result, accepted) = authenticate(state, &req).await;
+            // A credentials check for a name with a live session elsewhere:
+            // answer, attach nothing.
+            let accepted = accepted.filter(|_| !req.check_only);
             // The answer goes out before the worker is attached, so no command
             // for this session can reach the gateway ahead of it.
             let ok = tx
@@ -206,11 +207,11 @@ async fn handle(
                     .attach(key, req.name.clone(), worker_id, builders, tx.clone());
                 tracing::info!(worker = %req.name, "worker attached");
                 let me = state.master_id();
-                if let Err(e) = state
+                let deadline = state.config.cluster.master_timeout.get() / 2;
+                let record = state
                     .store
-                    .worker_attached(&req.name, me, link, req.session)
-                    .await
-                {
+                    .worker_attached(&req.name, me, link, req.session);
+                if let Err(e) = crate::db::within(deadline, record).await {
                     tracing::debug!(worker = %req.name, error = %e, "could not record the worker as attached");
                 }
                 state.wake.notify_one();
@@ -224,22 +225,33 @@ async fn handle(
                 },
                 &format!("worker left: {}", d.reason),
             );
-            if let Err(e) = state
-                .store
-                .worker_detached(state.master_id(), link, d.session)
-                .await
-            {
-                tracing::debug!(error = %e, "could not record the worker as gone");
-            }
+            // Recorded in the background: when many workers leave at once, every
+            // one of them must be out of the registry before the claim loop
+            // picks workers again, not one database write apart. (The write is
+            // keyed by session, so it cannot undo a later attach.)
+            let st = state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = st
+                    .store
+                    .worker_detached(st.master_id(), link, d.session)
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not record the worker as gone");
+                }
+            });
             state.wake.notify_one();
         }
-        Some(gateway_to_master::Msg::FromWorker(FromWorker { msg: Some(wm), .. })) => {
+        Some(gateway_to_master::Msg::FromWorker(FromWorker {
+            session,
+            msg: Some(wm),
+        })) => {
+            let from = WorkerKey { link, session };
             match wm.msg {
                 Some(worker_message::Msg::Output(o)) => {
-                    deliver(state, o.command_id, CommandEvent::Output(o.data)).await
+                    deliver(state, from, o.command_id, CommandEvent::Output(o.data)).await
                 }
                 Some(worker_message::Msg::Exit(e)) => {
-                    deliver(state, e.command_id, CommandEvent::Exit(e)).await
+                    deliver(state, from, e.command_id, CommandEvent::Exit(e)).await
                 }
                 Some(worker_message::Msg::Heartbeat(_))
                 | Some(worker_message::Msg::Register(_))
@@ -254,8 +266,8 @@ async fn handle(
     }
 }
 
-async fn deliver(state: &MasterState, command_id: u64, event: CommandEvent) {
-    if let Some(tx) = state.workers.command_sender(command_id) {
+async fn deliver(state: &MasterState, from: WorkerKey, command_id: u64, event: CommandEvent) {
+    if let Some(tx) = state.workers.command_sender(from, command_id) {
         // Waiting here is the back-pressure that keeps a huge log from piling up in memory.
         let _ = tx.send(event).await;
     }
@@ -268,7 +280,8 @@ async fn authenticate(
     req: &AuthRequest,
 ) -> (AuthResult, Option<(i64, Vec<i64>)>) {
     let refuse = |reason: &str| {
-        tracing::warn!(worker = %req.name, reason, "worker refused");
+        // The gateway logs refusals once per burst and slows repeats down.
+        tracing::debug!(worker = %req.name, reason, "worker refused");
         (
             AuthResult {
                 session: req.session,
@@ -288,7 +301,11 @@ async fn authenticate(
         return refuse("unsupported protocol version");
     }
     let info = serde_json::to_value(&req.facts).unwrap_or_default();
-    let worker_id = match state.store.ensure_worker(&req.name, &info).await {
+    // The link's messages wait behind this: never longer than its deadline.
+    let deadline = state.config.cluster.master_timeout.get() / 2;
+    let worker_id = match crate::db::within(deadline, state.store.ensure_worker(&req.name, &info))
+        .await
+    {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(worker = %req.name, error = %e, "cannot record worker; refusing for now");

@@ -35,6 +35,8 @@ struct Attached {
     busy: bool,
     link_tx: mpsc::Sender<MasterToGateway>,
     commands: HashSet<u64>,
+    /// Messages it sent about other sessions' commands.
+    foreign: u32,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +56,8 @@ pub struct IdleWorker {
 
 /// Output chunks a build may have in flight before the link waits for it.
 const COMMAND_QUEUE: usize = 64;
+/// Foreign messages of one worker logged before the rest are only counted.
+const FOREIGN_LOGGED: u32 = 3;
 
 #[derive(Debug, Default)]
 pub struct WorkerRegistry {
@@ -93,6 +97,7 @@ impl WorkerRegistry {
                 busy: false,
                 link_tx,
                 commands: HashSet::new(),
+                foreign: 0,
             },
         );
     }
@@ -176,12 +181,67 @@ impl WorkerRegistry {
         Ok(rx)
     }
 
-    /// Where to deliver an event of this command, if anyone still listens.
-    pub fn command_sender(&self, command_id: u64) -> Option<mpsc::Sender<CommandEvent>> {
-        self.lock()
-            .commands
-            .get(&command_id)
-            .map(|(_, tx)| tx.clone())
+    /// Where to deliver an event of this command, if anyone still listens
+    /// and `from` is the session the command was sent to. A message from any
+    /// other session is dropped, logged and counted: command ids are a
+    /// per-master sequence, easy to guess.
+    pub fn command_sender(
+        &self,
+        from: WorkerKey,
+        command_id: u64,
+    ) -> Option<mpsc::Sender<CommandEvent>> {
+        let mut inner = self.lock();
+        match inner.commands.get(&command_id) {
+            Some((owner, tx)) if *owner == from => Some(tx.clone()),
+            Some((owner, _)) => {
+                let owner = *owner;
+                let sender = inner.workers.get(&from).map(|w| w.name.clone());
+                if let Some(w) = inner.workers.get_mut(&from) {
+                    w.foreign += 1;
+                    if w.foreign > FOREIGN_LOGGED {
+                        metrics::counter!("flotilla_master_foreign_worker_messages_total")
+                            .increment(1);
+                        return None;
+                    }
+                }
+                metrics::counter!("flotilla_master_foreign_worker_messages_total").increment(1);
+                tracing::warn!(
+                    command = command_id,
+                    ?from,
+                    ?owner,
+                    worker = sender.as_deref().unwrap_or("?"),
+                    "dropped output or exit for a command sent to another worker session"
+                );
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Whether this worker session is still attached.
+    pub fn is_attached(&self, key: WorkerKey) -> bool {
+        self.lock().workers.contains_key(&key)
+    }
+
+    /// Gives up on a worker that does not answer (e.g. did not confirm the
+    /// interrupt of a command past its timeout): its commands are reported
+    /// lost, and the gateway is told to drop the session.
+    pub async fn drop_worker(&self, key: WorkerKey, reason: &str) {
+        let tx = {
+            let mut inner = self.lock();
+            let tx = inner.workers.get(&key).map(|w| w.link_tx.clone());
+            lose(&mut inner, key, reason);
+            tx
+        };
+        if let Some(tx) = tx {
+            let msg = to_worker(
+                key.session,
+                gateway_message::Msg::Reconnect(Reconnect {
+                    reason: reason.to_owned(),
+                }),
+            );
+            let _ = tx.send(msg).await;
+        }
     }
 
     pub fn finish_command(&self, command_id: u64) {
@@ -265,5 +325,43 @@ pub fn to_worker(session: u64, msg: gateway_message::Msg) -> MasterToGateway {
             session,
             msg: Some(GatewayMessage { msg: Some(msg) }),
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_and_exit_are_taken_only_from_the_session_the_command_went_to() {
+        let reg = WorkerRegistry::default();
+        let (link_tx, mut link_rx) = mpsc::channel(8);
+        let a = WorkerKey {
+            link: 1,
+            session: 1,
+        };
+        let b = WorkerKey {
+            link: 1,
+            session: 2,
+        };
+        reg.attach(a, "a".into(), 1, vec![], link_tx.clone());
+        reg.attach(b, "b".into(), 2, vec![], link_tx);
+        let run = RunCommand {
+            command_id: 7,
+            ..RunCommand::default()
+        };
+        let _rx = reg.start_command(a, run).await.unwrap();
+        assert!(link_rx.recv().await.is_some());
+        assert!(reg.command_sender(a, 7).is_some());
+        assert!(
+            reg.command_sender(b, 7).is_none(),
+            "another session's exit accepted"
+        );
+        let other_link = WorkerKey {
+            link: 2,
+            session: 1,
+        };
+        assert!(reg.command_sender(other_link, 7).is_none());
+        assert!(reg.command_sender(a, 8).is_none());
     }
 }

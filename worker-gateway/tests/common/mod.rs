@@ -70,6 +70,11 @@ pub fn fast_opts() -> GatewayOptions {
         default_silence_timeout: Duration::from_secs(5),
         auth_timeout: Duration::from_secs(2),
         tls: None,
+        ping_interval: Duration::from_millis(300),
+        liveness_deadline: Duration::from_secs(2),
+        probe_timeout: Duration::from_millis(500),
+        handshake_deadline: Duration::from_secs(2),
+        max_connections_per_address: 64,
     }
 }
 
@@ -431,7 +436,18 @@ pub fn register(name: &str, password: &str) -> WorkerMessage {
 }
 
 impl RawWorker {
+    /// The next message other than the gateway's liveness `Ping`s.
     pub async fn next(&mut self) -> Result<Option<GwMsg>, Status> {
+        loop {
+            match self.next_raw().await {
+                Ok(Some(GwMsg::Ping(_))) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The next message, whatever it is.
+    pub async fn next_raw(&mut self) -> Result<Option<GwMsg>, Status> {
         within("gateway message", self.inbound.message())
             .await
             .map(|m| m.and_then(|m| m.msg))
