@@ -46,6 +46,9 @@ pub async fn master(a: MasterArgs) -> i32 {
         Ok(l) => l,
         Err(code) => return code,
     };
+    // The server ends a session left idle inside a transaction (a master
+    // frozen mid-transaction) well before others may declare it dead.
+    flotilla_master::db::set_idle_transaction_timeout(config.cluster.master_timeout.get() / 2);
     let store = match super::db::connect(&config.database.url).await {
         Ok(s) => s,
         Err(code) => return code,

@@ -108,9 +108,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// `innodb_lock_wait_timeout` of every MySQL session.
 const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// `idle_transaction_timeout` of every MariaDB session: none of flotilla's
-/// transactions waits on its client for more than a round trip.
-const IDLE_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// `idle_transaction_timeout` (whole seconds) of every MariaDB session
+/// opened from now on: none of flotilla's transactions waits on its client
+/// for more than a round trip. A master sets it to `master_timeout / 2`.
+static IDLE_TRANSACTION_TIMEOUT_SECS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(10);
+
+/// Set the `idle_transaction_timeout` of MariaDB sessions opened from now
+/// on (at least one second).
+pub fn set_idle_transaction_timeout(d: Duration) {
+    let secs = d.as_secs_f64().ceil().max(1.0) as u64;
+    IDLE_TRANSACTION_TIMEOUT_SECS.store(secs, std::sync::atomic::Ordering::Relaxed);
+}
 
 #[derive(Clone)]
 pub(crate) enum Pool {
@@ -370,7 +379,7 @@ pub(crate) async fn prepare_mysql_session(
     if let Err(e) = conn
         .execute(AssertSqlSafe(format!(
             "SET SESSION idle_transaction_timeout = {}",
-            IDLE_TRANSACTION_TIMEOUT.as_secs()
+            IDLE_TRANSACTION_TIMEOUT_SECS.load(std::sync::atomic::Ordering::Relaxed)
         )))
         .await
     {
