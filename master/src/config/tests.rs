@@ -122,3 +122,19 @@ fn a_worker_needs_one_password_source() {
             .contains("workers[0]")
     );
 }
+
+#[test]
+fn a_lease_shorter_than_two_renewals_and_a_timeout_is_refused() {
+    let text = SAMPLE.replace(
+        "master_timeout = \"5s\"",
+        "master_timeout = \"5s\"\nclaim_renew_interval = \"10s\"\nclaim_lease = \"24s\"",
+    );
+    let err = load(&text, &[]).unwrap_err().to_string();
+    assert!(err.contains("cluster.claim_lease"), "{err}");
+    assert!(err.contains("2 x cluster.claim_renew_interval"), "{err}");
+    let text = SAMPLE.replace(
+        "master_timeout = \"5s\"",
+        "master_timeout = \"5s\"\nclaim_renew_interval = \"10s\"\nclaim_lease = \"25s\"",
+    );
+    load(&text, &[]).unwrap();
+}
