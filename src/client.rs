@@ -78,6 +78,15 @@ impl ApiClient {
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// The body as bytes (a log read from a byte offset may end inside a character).
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let resp = self.execute(|| self.http.get(self.url(path))).await?;
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

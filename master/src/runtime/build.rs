@@ -154,11 +154,14 @@ impl BuildCtx<'_> {
         let mut overall = Results::Success;
         let mut halted = false;
         let mut aborted = None;
+        let mut failed_step: Option<String> = None;
         for (step, &step_id) in builder.steps.iter().zip(&step_ids) {
             if halted || aborted.is_some() {
                 retry_transient(|| store.finish_step(step_id, Results::Skipped, "skipped")).await?;
                 continue;
             }
+            let running = format!("running {}", step.name);
+            retry_transient(|| store.set_build_state(build.id, &running)).await?;
             retry_transient(|| store.start_step(step_id)).await?;
             let log_id = retry_transient(|| store.create_log(step_id, "stdio")).await?;
             let outcome = self
@@ -167,6 +170,11 @@ impl BuildCtx<'_> {
             retry_transient(|| store.finish_step(step_id, outcome.results, &outcome.state)).await?;
             if outcome.results != Results::Skipped {
                 overall = overall.worst(outcome.results);
+            }
+            if failed_step.is_none()
+                && matches!(outcome.results, Results::Failure | Results::Exception)
+            {
+                failed_step = Some(step.name.clone());
             }
             if matches!(outcome.results, Results::Failure | Results::Exception)
                 && step.halt_on_failure
@@ -210,6 +218,8 @@ impl BuildCtx<'_> {
                 Results::Retry
             }
         };
+        let summary = build_summary(result, failed_step.as_deref());
+        retry_transient(|| store.set_build_state(build.id, &summary)).await?;
         metrics::gauge!(crate::metrics::RUNNING_BUILDS).decrement(1.0);
         metrics::histogram!(crate::metrics::BUILD_DURATION, "builder" => details.builder.clone(), "results" => result.name())
             .record(started.elapsed().as_secs_f64());
@@ -324,6 +334,15 @@ impl BuildCtx<'_> {
         st.workers.finish_command(command_id);
         log.flush().await?;
         Ok(outcome)
+    }
+}
+
+/// The build's one-line state once it ended: its result, and the first
+/// step that failed.
+fn build_summary(result: Results, failed_step: Option<&str>) -> String {
+    match (result, failed_step) {
+        (Results::Failure | Results::Exception, Some(step)) => format!("{result} in {step}"),
+        _ => result.to_string(),
     }
 }
 
