@@ -98,3 +98,109 @@ async fn a_forced_build_appears_and_finishes_in_the_dashboard() {
     );
     println!("screenshots: {} {}", overview.display(), page.display());
 }
+
+const FAILING: &str = r#"
+[[builders]]
+name = "halting"
+workers = ["w1"]
+  [[builders.steps]]
+  name = "prepare"
+  command = ["sh", "-c", "echo ready"]
+  [[builders.steps]]
+  name = "explode"
+  command = ["sh", "-c", "echo boom-output; exit 1"]
+  [[builders.steps]]
+  name = "after"
+  command = ["sh", "-c", "echo never"]
+
+[[builders]]
+name = "slow"
+workers = ["w1"]
+  [[builders.steps]]
+  name = "wait"
+  command = ["sh", "-c", "sleep 20"]
+"#;
+
+/// The text of the element that starts at `marker`, up to its closing `tag`.
+fn element<'a>(dom: &'a str, marker: &str, tag: &str) -> &'a str {
+    let start = dom
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} not in {dom}"));
+    let rest = &dom[start..];
+    let end = rest.find(&format!("</{tag}>")).unwrap_or(rest.len());
+    &rest[..end]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_build_opens_its_failed_step_and_a_draining_master_shows_it() {
+    let mut spec = ClusterSpec::new(1, 1, FAILING);
+    spec.shutdown_grace = "30s";
+    let cluster = Cluster::start("browser_fail", spec).await;
+    let browser = Browser::new();
+    let base = cluster.api(0);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+
+    let request = cluster.force(0, "halting", "rev-fail").await;
+    cluster
+        .wait_complete(0, &[request], Duration::from_secs(60))
+        .await;
+    let id = cluster.builds_of(0, request).await[0]["id"]
+        .as_i64()
+        .unwrap();
+    let page = format!("{base}/#/builds/{id}");
+    let dom = browser.dump_dom(&page, BUDGET_MS);
+    // Every step, with its result; the failed one's log is the one open.
+    for (n, results) in [(0, "success"), (1, "failure"), (2, "skipped")] {
+        assert!(
+            dom.contains(&format!(r#"data-step="{n}" data-results="{results}""#)),
+            "step {n} {results}: {dom}"
+        );
+    }
+    assert!(dom.contains(r#"data-log-step="1""#), "{dom}");
+    let log = element(&dom, r#"id="logtext""#, "pre");
+    assert!(log.contains("boom-output"), "{log}");
+    assert!(!log.contains("(empty)"), "{log}");
+    // Steps are numbered from 1, as the CLI does; times say they are UTC;
+    // a step of a few milliseconds does not read "0s".
+    let steps = element(&dom, r#"data-step="0""#, "tr");
+    assert!(steps.contains("<td>1</td>"), "{steps}");
+    assert!(steps.contains(" UTC"), "{steps}");
+    assert!(!steps.contains("<td>0s</td>"), "{steps}");
+    assert!(
+        dom.contains("failure in explode"),
+        "the build's state: {dom}"
+    );
+    let shot = browser.screenshot(&page, BUDGET_MS, &dir.join("failed-build.png"));
+
+    let list = browser.dump_dom(&format!("{base}/#/builds"), BUDGET_MS);
+    assert!(
+        list.contains(&format!(r#"data-build-id="{id}" data-results="failure""#)),
+        "{list}"
+    );
+    let list_shot = browser.screenshot(
+        &format!("{base}/#/builds"),
+        BUDGET_MS,
+        &dir.join("build-list.png"),
+    );
+
+    // SIGTERM with a build running: the master drains, and says so.
+    let slow = cluster.force(0, "slow", "rev-slow").await;
+    eventually(
+        "the slow build started",
+        Duration::from_secs(30),
+        || async { cluster.builds_of(0, slow).await.into_iter().next() },
+    )
+    .await;
+    cluster.signal_master(0, nix::sys::signal::Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dom = browser.dump_dom(&format!("{base}/"), BUDGET_MS);
+    let row = element(&dom, r#"data-master="m1""#, "tr");
+    assert!(row.contains("badge draining"), "{row}");
+    let drain_shot = browser.screenshot(&format!("{base}/"), BUDGET_MS, &dir.join("draining.png"));
+    println!(
+        "screenshots: {} {} {}",
+        shot.display(),
+        list_shot.display(),
+        drain_shot.display()
+    );
+}

@@ -53,6 +53,10 @@ pub async fn try_build(
     if !(0..=32).contains(&t.patch_level) {
         return Err(ApiError::BadRequest("patch_level must be 0..=32".into()));
     }
+    // An unknown builder is a missing object, as for `force`: 404.
+    if let Some(b) = t.builders.iter().find(|b| st.config.builder(b).is_none()) {
+        return Err(ApiError::NotFound(format!("no builder named {b:?}")));
+    }
     let req = TryRequest {
         builders: t.builders,
         diff: t.diff.into_bytes(),
