@@ -377,7 +377,7 @@ fn exit_outcome(exit: &CommandExit) -> StepOutcome {
     }
 }
 
-/// The environment every step gets (CONTRACT.md), plus the builder's own.
+/// The environment every step gets (docs/configuration.md), plus the builder's own.
 fn step_env(
     st: &MasterState,
     req: &RequestDetails,
