@@ -179,6 +179,17 @@ workers = ["w1"]
   [[builders.steps]]
   name = "explode"
   command = ["sh", "-c", "echo the failing line; exit 1"]
+
+[[schedulers]]
+name = "by-hand"
+kind = "force"
+builders = ["echo", "broken"]
+
+[[schedulers]]
+name = "on-main"
+kind = "single-branch"
+branch = "main"
+builders = ["echo"]
 "#;
     let cluster = Cluster::start("cli", ClusterSpec::new(1, 1, builders)).await;
     let api = cluster.api(0);
@@ -252,11 +263,52 @@ workers = ["w1"]
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v.is_array(), "{v}");
     let o = run(&["status", "schedulers"]);
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(table.contains("MASTER_NAME"), "{table}");
+    assert_aligned(&table);
+    // A force scheduler has no owner to be active or not.
+    let by_hand: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("by-hand"))
+        .expect("by-hand listed")
+        .split_whitespace()
+        .collect();
+    assert_eq!(by_hand.last(), Some(&"-"), "{table}");
+
+    // Finished requests are listed too, with their result.
+    let o = run(&["status", "requests"]);
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_aligned(&table);
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("MASTER_NAME"),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
+        table
+            .lines()
+            .any(|l| l.contains("echo") && l.contains("true") && l.contains("success")),
+        "{table}"
     );
+    let o = run(&["status", "builds"]);
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        table.contains("STATE_STRING") && table.contains("failure in explode"),
+        "{table}"
+    );
+
+    // An unknown builder is a 404 for try as for force.
+    for (path, body) in [
+        ("force", serde_json::json!({"builder": "nope"})),
+        (
+            "try",
+            serde_json::json!({"builders": ["nope"], "diff": "--- a/x\n+++ b/x\n"}),
+        ),
+    ] {
+        let resp = cluster
+            .http
+            .post(format!("{api}/api/v1/{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 404, "{path}");
+    }
 
     let o = run(&["drain", "m1"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -561,4 +613,27 @@ workers = ["w1"]
         flotilla(&["logs", "999999", "--api", &api]).status.code(),
         Some(1)
     );
+}
+
+/// Every column of a `status` table starts at the same place on every line.
+fn assert_aligned(table: &str) {
+    let mut lines = table.lines();
+    let header = lines.next().expect("a header");
+    let starts: Vec<usize> = header
+        .char_indices()
+        .filter(|&(i, c)| c != ' ' && (i == 0 || header[..i].ends_with("  ")))
+        .map(|(i, _)| i)
+        .collect();
+    for line in lines {
+        let chars: Vec<char> = line.chars().collect();
+        for &s in &starts[1..] {
+            if s >= chars.len() {
+                continue;
+            }
+            assert!(
+                chars[s] != ' ' && chars[s - 1] == ' ' && chars[s - 2] == ' ',
+                "column at {s} misaligned in {line:?}:\n{table}"
+            );
+        }
+    }
 }
