@@ -140,6 +140,10 @@ async fn a_failed_build_opens_its_failed_step_and_a_draining_master_shows_it() {
     let base = cluster.api(0);
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
 
+    let earlier = cluster.force(0, "halting", "rev-first").await;
+    cluster
+        .wait_complete(0, &[earlier], Duration::from_secs(60))
+        .await;
     let request = cluster.force(0, "halting", "rev-fail").await;
     cluster
         .wait_complete(0, &[request], Duration::from_secs(60))
@@ -182,6 +186,54 @@ async fn a_failed_build_opens_its_failed_step_and_a_draining_master_shows_it() {
         BUDGET_MS,
         &dir.join("build-list.png"),
     );
+    // Filtered by builder, from the list's own filter.
+    let filtered = browser.dump_dom(&format!("{base}/#/builds?builder=slow"), BUDGET_MS);
+    assert!(
+        filtered.contains(r#"data-filter-builder="slow""#),
+        "{filtered}"
+    );
+    assert!(
+        !filtered.contains(&format!(r#"data-build-id="{id}""#)),
+        "{filtered}"
+    );
+
+    // The builder's own page: its recent builds and their duration trend.
+    let builder_page = format!("{base}/#/builders/halting");
+    let dom = browser.dump_dom(&builder_page, BUDGET_MS);
+    assert!(dom.contains(r#"data-builder-page="halting""#), "{dom}");
+    assert!(dom.contains(&format!(r#"data-build-id="{id}""#)), "{dom}");
+    assert_eq!(
+        element(&dom, r#"id="trend""#, "svg")
+            .matches("<rect")
+            .count(),
+        2,
+        "{dom}"
+    );
+    assert!(dom.contains("0 of 2 recent builds succeeded"), "{dom}");
+    let builder_shot = browser.screenshot(&builder_page, BUDGET_MS, &dir.join("builder.png"));
+
+    // The changes view.
+    let change = serde_json::json!({"repository": "https://example.invalid/r.git", "branch": "main",
+        "revision": "0123456789abcdef", "author": "ada", "comments": "first line\nmore"});
+    let resp = cluster
+        .http
+        .post(format!("{base}/api/v1/changes"))
+        .json(&change)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let changes = browser.dump_dom(&format!("{base}/#/changes"), BUDGET_MS);
+    let row = element(&changes, "data-change-id=", "tr");
+    assert!(
+        row.contains("0123456789ab") && row.contains("first line") && !row.contains("more"),
+        "{row}"
+    );
+    let changes_shot = browser.screenshot(
+        &format!("{base}/#/changes"),
+        BUDGET_MS,
+        &dir.join("changes.png"),
+    );
 
     // SIGTERM with a build running: the master drains, and says so.
     let slow = cluster.force(0, "slow", "rev-slow").await;
@@ -197,10 +249,7 @@ async fn a_failed_build_opens_its_failed_step_and_a_draining_master_shows_it() {
     let row = element(&dom, r#"data-master="m1""#, "tr");
     assert!(row.contains("badge draining"), "{row}");
     let drain_shot = browser.screenshot(&format!("{base}/"), BUDGET_MS, &dir.join("draining.png"));
-    println!(
-        "screenshots: {} {} {}",
-        shot.display(),
-        list_shot.display(),
-        drain_shot.display()
-    );
+    for s in [shot, list_shot, builder_shot, changes_shot, drain_shot] {
+        println!("screenshot: {}", s.display());
+    }
 }
