@@ -266,7 +266,7 @@ pub async fn gitlab(
                 "missing X-Gitlab-Token header".into(),
             ));
         };
-        if !super::constant_time_eq(token.as_bytes(), given.as_bytes()) {
+        if !super::auth::constant_time_eq(token.as_bytes(), given.as_bytes()) {
             return Err(HookError::Forbidden("wrong X-Gitlab-Token".into()));
         }
     }
