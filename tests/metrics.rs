@@ -25,11 +25,19 @@ workers = ["w1"]
   name = "print"
   command = ["sh", "-c", "echo hello"]
 
+[[builders]]
+name = "on-change"
+workers = ["w1"]
+  [[builders.steps]]
+  name = "print"
+  command = ["sh", "-c", "echo changed"]
+
+# Builds its own builder, so the counts of "echo" stay the forced three.
 [[schedulers]]
 name = "on-main"
 kind = "single-branch"
 branch = "main"
-builders = ["echo"]
+builders = ["on-change"]
 "#;
     let cluster = Cluster::start("metrics", ClusterSpec::new(1, 1, builders)).await;
     let url = format!("{}/metrics", cluster.api(0));
