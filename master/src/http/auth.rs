@@ -22,7 +22,10 @@ use crate::runtime::MasterState;
 
 /// Paths anyone may read.
 fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics") || path.starts_with("/api/v1/hooks/")
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/api/v1/openapi.json"
+    ) || path.starts_with("/api/v1/hooks/")
 }
 
 pub async fn require_tokens(

@@ -7,7 +7,9 @@ mod build_control;
 mod dashboard;
 mod error;
 mod hooks;
+mod limits;
 mod metrics_route;
+mod openapi;
 mod params;
 mod reads;
 mod try_route;
@@ -38,6 +40,7 @@ pub fn router(state: Arc<MasterState>) -> Router {
         .route("/healthz", get(reads::healthz))
         .route("/readyz", get(reads::readyz))
         .route("/metrics", get(metrics_route::metrics))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/masters", get(reads::masters))
         .route("/api/v1/builders", get(reads::builders))
         .route("/api/v1/builders/{name}", get(reads::builder))
