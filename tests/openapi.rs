@@ -80,8 +80,12 @@ admin_token_env = "{TOKEN_ENV}"
         .await;
 
     let examples = std::env::var("FLOTILLA_FUZZ_EXAMPLES").unwrap_or_else(|_| "25".into());
+    // schemathesis keeps a cache folder where it runs: not in the repository.
+    let scratch = tempfile::tempdir().unwrap();
+    let cwd = scratch.path().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("schemathesis")
+            .current_dir(cwd)
             .args([
                 "run",
                 &format!("{api}/api/v1/openapi.json"),
