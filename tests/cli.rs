@@ -637,3 +637,63 @@ fn assert_aligned(table: &str) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logs_follow_ends_when_the_build_is_cut_short() {
+    let builders = r#"
+[[builders]]
+name = "long"
+workers = ["w1"]
+  [[builders.steps]]
+  name = "wait"
+  command = ["sh", "-c", "echo waiting; sleep 60"]
+"#;
+    let spec = ClusterSpec::new(2, 1, builders);
+    let mut cluster = Cluster::start("cli_logs_cut", spec).await;
+    let request = cluster.force(0, "long", "cut").await;
+    let build = common::eventually("the build started", Duration::from_secs(30), || async {
+        cluster.builds_of(0, request).await.into_iter().next()
+    })
+    .await;
+    let runner = cluster
+        .masters
+        .iter()
+        .position(|m| build["master"] == m.name.as_str())
+        .expect("the master running it");
+    // Follow through the other master: any master answers the same.
+    let other = cluster.api(1 - runner);
+    let child = Command::new(flotilla_bin())
+        .args([
+            "logs",
+            &build["id"].to_string(),
+            "--follow",
+            "--api",
+            &other,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Killed outright: its step never records an end; the build is ended
+    // (retry) by the master that reaps it after master_timeout.
+    cluster.kill9_master(runner);
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(started.elapsed() < Duration::from_secs(20), "{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("waiting"), "{text}");
+    assert!(
+        text.contains("=== step 1/1: wait: interrupted ==="),
+        "{text}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("retry"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -108,25 +108,26 @@ impl Follower {
                 Err(ClientError::Status(404, _)) => {}
                 Err(e) => return Err(e),
             }
-            if s.complete_at.is_none() {
+            // Steps finish before their build: a step still open in a build
+            // that ended was interrupted (its master went away or stopped it).
+            if s.complete_at.is_none() && build.complete_at.is_none() {
                 return Ok(None);
             }
-            if !self.partial.is_empty() {
-                let rest = std::mem::take(&mut self.partial);
-                self.emit(&String::from_utf8_lossy(&rest));
-            }
+            self.flush();
+            let outcome = match (&s.complete_at, s.results.as_deref()) {
+                (Some(_), r) => r.unwrap_or("-").to_owned(),
+                (None, _) => "interrupted".to_owned(),
+            };
             self.emit(&format!(
-                "=== step {}/{total}: {}: {} ===",
+                "=== step {}/{total}: {}: {outcome} ===",
                 s.number + 1,
                 s.name,
-                s.results.as_deref().unwrap_or("-")
             ));
             self.step = s.number + 1;
             self.offset = 0;
             self.header_done = false;
         }
-        let all_printed = self.step as usize >= total;
-        if build.complete_at.is_some() && (all_printed || steps_after_end(&steps, self.step)) {
+        if build.complete_at.is_some() {
             return Ok(Some(build));
         }
         Ok(None)
@@ -146,12 +147,4 @@ impl Follower {
 /// Exit code for a build's result: 0 for success or warnings.
 pub fn is_good(results: &str) -> bool {
     results == "success" || results == "warnings"
-}
-
-/// A complete build whose remaining steps never started (interrupted).
-fn steps_after_end(steps: &[Step], from: i64) -> bool {
-    steps
-        .iter()
-        .filter(|s| s.number >= from)
-        .all(|s| s.started_at.is_none())
 }
