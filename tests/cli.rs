@@ -696,4 +696,10 @@ workers = ["w1"]
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Its state does not claim a step still runs.
+    let b = cluster
+        .get(&format!("{other}/api/v1/builds/{}", build["id"]))
+        .await
+        .unwrap();
+    assert_eq!(b["state_string"], "retry (interrupted)", "{b}");
 }
