@@ -52,16 +52,6 @@ builders = ["on-change"]
     for i in 0..3 {
         ids.push(cluster.force(0, "echo", &format!("m{i}")).await);
     }
-    // A change on main: the scheduler's buildset counter appears too.
-    let change = serde_json::json!({"repository": "r", "branch": "main", "revision": "c1"});
-    let resp = cluster
-        .http
-        .post(format!("{}/api/v1/changes", cluster.api(0)))
-        .json(&change)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
     cluster
         .wait_complete(0, &ids, Duration::from_secs(60))
         .await;
@@ -85,6 +75,16 @@ builders = ["on-change"]
     );
     assert!(moved("flotilla_http_requests_total", &["status=\"2xx\""]) >= 3.0);
     assert_eq!(sample(&after, "flotilla_running_builds", &[]), 0.0);
+    // A change on main: the scheduler's buildset counter appears too.
+    let change = serde_json::json!({"repository": "r", "branch": "main", "revision": "c1"});
+    let resp = cluster
+        .http
+        .post(format!("{}/api/v1/changes", cluster.api(0)))
+        .json(&change)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
     let after = eventually(
         "the scheduler's buildset counted",
         Duration::from_secs(30),
@@ -106,24 +106,58 @@ async fn the_gateway_scrape_passes_promtool_and_answers_readyz() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cluster.toml");
     std::fs::write(&config, "[database]\nurl = \"sqlite://unused.sqlite\"\n").unwrap();
-    let (grpc, metrics) = (free_port(), free_port());
     let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let _gateway = Proc::spawn(
-        "gateway",
-        &args(&[
-            "gateway",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{grpc}"),
-            "--metrics",
-            &format!("127.0.0.1:{metrics}"),
-        ]),
-        &[],
-        dir.path(),
-    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    // Ports picked free a moment ago can be taken by a test running beside
+    // this one: a gateway that could not bind exits, and is started again.
+    let mut attempt = 0;
+    let (mut gateway, grpc, metrics) = loop {
+        attempt += 1;
+        let (grpc, metrics) = (free_port(), free_port());
+        let mut gateway = Proc::spawn(
+            &format!("gateway-{attempt}"),
+            &args(&[
+                "gateway",
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{grpc}"),
+                "--metrics",
+                &format!("127.0.0.1:{metrics}"),
+            ]),
+            &[],
+            dir.path(),
+        );
+        let mut up = false;
+        for _ in 0..100 {
+            if http
+                .get(format!("http://127.0.0.1:{metrics}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                up = true;
+                break;
+            }
+            if gateway.wait_exit(Duration::from_millis(1)).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if up {
+            break (gateway, grpc, metrics);
+        }
+        assert!(
+            attempt < 3,
+            "the gateway did not start: {}",
+            gateway.output()
+        );
+    };
     // A worker with no master to take it: connected, then refused, then back.
-    let _worker = Proc::spawn(
+    let worker = Proc::spawn(
         "worker",
         &args(&[
             "worker",
@@ -139,25 +173,26 @@ async fn the_gateway_scrape_passes_promtool_and_answers_readyz() {
         &[("PW".to_owned(), "secret".to_owned())],
         dir.path(),
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
     let base = format!("http://127.0.0.1:{metrics}");
-    let text = eventually("the worker counted", Duration::from_secs(20), || async {
-        let body = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        body.contains("flotilla_gateway_connected_workers")
-            .then_some(body)
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let body = match http.get(format!("{base}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if body.contains("flotilla_gateway_connected_workers") {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker was never counted:\n{body}\n--- gateway ---\n{}\n--- worker ---\n{}",
+            gateway.output(),
+            worker.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     promtool::check_metrics("the gateway's /metrics", &text);
     let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), reqwest::StatusCode::OK);
+    gateway.kill9();
 }
