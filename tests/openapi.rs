@@ -79,7 +79,10 @@ admin_token_env = "{TOKEN_ENV}"
         .wait_complete(0, &[id], Duration::from_secs(60))
         .await;
 
+    // A fixed seed keeps the suite reproducible; FLOTILLA_FUZZ_SEED and
+    // FLOTILLA_FUZZ_EXAMPLES explore further by hand.
     let examples = std::env::var("FLOTILLA_FUZZ_EXAMPLES").unwrap_or_else(|_| "25".into());
+    let seed = std::env::var("FLOTILLA_FUZZ_SEED").unwrap_or_else(|_| "20261130".into());
     // schemathesis keeps a cache folder where it runs: not in the repository.
     let scratch = tempfile::tempdir().unwrap();
     let cwd = scratch.path().to_owned();
@@ -95,6 +98,8 @@ admin_token_env = "{TOKEN_ENV}"
                 "all",
                 "--max-examples",
                 &examples,
+                "--seed",
+                &seed,
                 "--header",
                 &format!("Authorization: Bearer {TOKEN}"),
                 "--no-color",
