@@ -1,6 +1,7 @@
 //! The reference in `docs/` is complete and true: every command and option
 //! of the CLI, every key of the cluster file, every HTTP route and every
-//! exit code is described; the complete example of the cluster file passes
+//! exit code is described (and every metric in the operations guide); the
+//! complete example of the cluster file passes
 //! `flotilla check`; and nothing the repository ships points at a document
 //! outside it.
 
@@ -238,4 +239,24 @@ fn nothing_shipped_points_outside_the_repository() {
         }
     }
     assert!(readme.contains("docs/configuration.md") && readme.contains("docs/cli.md"));
+}
+
+#[test]
+fn the_operations_guide_lists_every_metric() {
+    let doc = read("docs/operations.md");
+    let src = read("master/src/metrics.rs");
+    let names: Vec<&str> = src
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.starts_with("flotilla_") && s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+        .collect();
+    assert!(names.len() > 20, "{names:?}");
+    let missing: Vec<&&str> = names
+        .iter()
+        .filter(|n| !doc.contains(&format!("| `{n}` |")))
+        .collect();
+    assert!(missing.is_empty(), "docs/operations.md lacks {missing:?}");
 }

@@ -606,3 +606,72 @@ builders = ["b"]
         "{err}"
     );
 }
+
+/// A change whose insert commits after a change with a higher id (two
+/// webhooks or pollers at once) still reaches the scheduler, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_committed_after_a_higher_one_is_not_skipped() {
+    let toml = r#"
+[[builders]]
+name = "b"
+workers = []
+  [[builders.steps]]
+  name = "s"
+  command = ["true"]
+
+[[schedulers]]
+name = "main"
+kind = "single-branch"
+branch = "main"
+builders = ["b"]
+"#;
+    let c = Cluster::start("sched_late", ClusterSpec::new(1, 0, toml)).await;
+    // The scheduler has run once (its watermark is set) before the race.
+    send_change(&c, 0, "main", "first", &[]).await;
+    eventually("the first buildset", Duration::from_secs(20), || async {
+        (buildsets_of(&c, "main").await.len() == 1).then_some(())
+    })
+    .await;
+    // A slow writer takes an id and holds its transaction open...
+    let mut slow = c.connect_db().await;
+    sqlx::query("BEGIN").execute(&mut slow).await.unwrap();
+    sqlx::query(
+        "INSERT INTO changes (author, comments, branch, revision, repository, files, \
+         properties, when_timestamp, created_at) \
+         VALUES ('slow', '', 'main', 'late', 'repo', '[]', '{}', NOW(6), NOW(6))",
+    )
+    .execute(&mut slow)
+    .await
+    .unwrap();
+    // ...while a change with a higher id commits and is built.
+    send_change(&c, 0, "main", "early", &[]).await;
+    eventually(
+        "the early change's buildset",
+        Duration::from_secs(20),
+        || async {
+            buildsets_of(&c, "main")
+                .await
+                .iter()
+                .any(|b| b.2 == "early")
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
+    let all = eventually(
+        "the late change's buildset",
+        Duration::from_secs(20),
+        || async {
+            let all = buildsets_of(&c, "main").await;
+            all.iter().any(|b| b.2 == "late").then_some(all)
+        },
+    )
+    .await;
+    // Give the scheduler a few more passes: nothing is built twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all_after = buildsets_of(&c, "main").await;
+    assert_eq!(all_after.len(), 3, "{all:?} then {all_after:?}");
+    let revisions: HashSet<&str> = all_after.iter().map(|b| b.2.as_str()).collect();
+    assert_eq!(revisions, HashSet::from(["first", "early", "late"]));
+}

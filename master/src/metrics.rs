@@ -28,6 +28,12 @@ pub const CLAIM_SECONDS: &str = "flotilla_claim_seconds";
 pub const CLAIM_RENEWALS: &str = "flotilla_claim_renewals_total";
 /// Claims of dead masters or expired leases released by this master (counter).
 pub const REAPED_CLAIMS: &str = "flotilla_reaped_claims_total";
+/// Times this master fenced itself: no heartbeat confirmed within the fence (counter).
+pub const FENCED: &str = "flotilla_fenced_total";
+/// Masters this master declared dead (counter).
+pub const MASTERS_DECLARED_DEAD: &str = "flotilla_masters_declared_dead_total";
+/// Claims this master held but ran no build for, given back (counter).
+pub const ORPHANED_CLAIMS: &str = "flotilla_orphaned_claims_total";
 /// Incomplete requests without a running build, per `builder` (gauge, set at scrape).
 pub const PENDING_REQUESTS: &str = "flotilla_pending_requests";
 /// Builds running on this master (gauge).
@@ -132,6 +138,15 @@ pub fn describe() {
         "Time one claim round spent in the database"
     );
     describe_counter!(CLAIM_RENEWALS, "Claims renewed");
+    describe_counter!(
+        FENCED,
+        "Times this master fenced itself because no heartbeat was confirmed in time"
+    );
+    describe_counter!(MASTERS_DECLARED_DEAD, "Masters this master declared dead");
+    describe_counter!(
+        ORPHANED_CLAIMS,
+        "Claims this master held but ran no build for, given back"
+    );
     describe_counter!(
         REAPED_CLAIMS,
         "Claims of dead masters or expired leases released by this master"

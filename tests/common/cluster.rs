@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+
 use serde_json::Value;
 
+use super::relay::Relay;
 use super::{TestDb, eventually, flotilla_bin, free_port};
 
 /// A child process, killed (SIGKILL) when dropped.
@@ -86,6 +90,14 @@ pub struct ClusterSpec {
     pub master_env: Vec<(String, String)>,
     /// A database of the test's own (e.g. on a private server); default: a fresh one on the shared server.
     pub database_url: Option<String>,
+    /// Route each master's database connections and its gateway link through
+    /// relays of its own ([`MasterLinks`]), for injecting network faults.
+    pub relays: bool,
+    /// Extra `[cluster]` keys (TOML lines) for the cluster file.
+    pub cluster_extra: String,
+    /// Pause between starting one master and the next (zero: all at once,
+    /// which leaves their heartbeat loops in step with each other).
+    pub master_start_gap: Duration,
 }
 
 impl ClusterSpec {
@@ -102,6 +114,9 @@ impl ClusterSpec {
             poll_interval: "200ms",
             master_env: Vec::new(),
             database_url: None,
+            relays: false,
+            cluster_extra: String::new(),
+            master_start_gap: Duration::ZERO,
         }
     }
 
@@ -114,6 +129,15 @@ impl ClusterSpec {
             .collect();
         format!("[{}]", names.join(", "))
     }
+}
+
+/// The relays one master reaches the cluster through (kept across its restarts).
+#[derive(Debug)]
+pub struct MasterLinks {
+    /// Between the master and the database.
+    pub db: Relay,
+    /// Between the master and the gateway.
+    pub gateway: Relay,
 }
 
 #[derive(Debug)]
@@ -137,6 +161,8 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// Processes that were replaced (kept for their logs).
     pub retired: Vec<Proc>,
+    /// Each master's relays by master name, when `spec.relays`.
+    pub links: HashMap<String, MasterLinks>,
     boots: usize,
 }
 
@@ -154,13 +180,14 @@ impl Cluster {
         let gateway_port = free_port();
         let mut toml = format!(
             "[database]\nurl = \"{}\"\n\n[cluster]\nheartbeat_interval = \"{}\"\nmaster_timeout = \"{}\"\n\
-             claim_renew_interval = \"2s\"\nclaim_lease = \"60s\"\nshutdown_grace = \"{}\"\npoll_interval = \"{}\"\n\n\
+             claim_renew_interval = \"2s\"\nclaim_lease = \"60s\"\nshutdown_grace = \"{}\"\npoll_interval = \"{}\"\n{}\n\
              [gateway]\nlisten = \"127.0.0.1:{gateway_port}\"\n\n",
             db_url,
             spec.heartbeat_interval,
             spec.master_timeout,
             spec.shutdown_grace,
-            spec.poll_interval
+            spec.poll_interval,
+            spec.cluster_extra
         );
         for (name, _) in &spec.workers {
             toml.push_str(&format!(
@@ -188,10 +215,14 @@ impl Cluster {
             workers: Vec::new(),
             http: reqwest::Client::new(),
             retired: Vec::new(),
+            links: HashMap::new(),
             boots: 0,
         };
         c.start_gateway();
         for i in 0..spec.masters {
+            if i > 0 && !spec.master_start_gap.is_zero() {
+                tokio::time::sleep(spec.master_start_gap).await;
+            }
             c.start_master(&format!("m{}", i + 1));
         }
         // Workers register once every master is linked to the gateway, so
@@ -243,7 +274,47 @@ impl Cluster {
         ];
         self.boots += 1;
         let log_name = format!("master-{name}-boot{}", self.boots);
-        Proc::spawn(&log_name, &args, &self.spec.master_env, self.dir.path())
+        let mut env = self.spec.master_env.clone();
+        if self.spec.relays {
+            let db_url = self.db_url.clone();
+            let links = self.links_of(name);
+            env.push((
+                "FLOTILLA_DATABASE__URL".to_owned(),
+                with_address(&db_url, &links.db.addr()),
+            ));
+            env.push((
+                "FLOTILLA_GATEWAY__URLS".to_owned(),
+                format!("[\"http://{}\"]", links.gateway.addr()),
+            ));
+        }
+        Proc::spawn(&log_name, &args, &env, self.dir.path())
+    }
+
+    /// Master `name`'s relays, started on first use.
+    fn links_of(&mut self, name: &str) -> &MasterLinks {
+        let db_target = address_of(&self.db_url);
+        let gw_target: SocketAddr = ([127, 0, 0, 1], self.gateway_port).into();
+        self.links
+            .entry(name.to_owned())
+            .or_insert_with(|| MasterLinks {
+                db: Relay::start(&format!("{name}-db"), db_target),
+                gateway: Relay::start(&format!("{name}-gateway"), gw_target),
+            })
+    }
+
+    /// Master `i`'s relays (the cluster must have been started with `spec.relays`).
+    pub fn links(&self, i: usize) -> &MasterLinks {
+        self.links
+            .get(&self.masters[i].name)
+            .expect("the cluster runs with relays")
+    }
+
+    /// Index of the master named `name`.
+    pub fn master_index(&self, name: &str) -> usize {
+        self.masters
+            .iter()
+            .position(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no master named {name}"))
     }
 
     /// Starts master `i` again (same name and HTTP port) after it exited or was killed.
@@ -477,4 +548,32 @@ impl Drop for Cluster {
             eprintln!("{}", self.dump());
         }
     }
+}
+
+/// `host:port` of a `mysql://user@host:port/db` URL, resolved.
+fn address_of(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let hostport = rest.split(['/', '?']).next().unwrap_or(rest);
+    let hostport = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:3306")
+    };
+    hostport
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("cannot resolve the database address in {url}"))
+}
+
+/// `url` with its `host:port` replaced by `addr`.
+fn with_address(url: &str, addr: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("mysql", url));
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((u, r)) => (format!("{u}@"), r),
+        None => (String::new(), rest),
+    };
+    let tail = rest.find(['/', '?']).map_or("", |i| &rest[i..]);
+    format!("{scheme}://{user}{addr}{tail}")
 }

@@ -1,5 +1,6 @@
 //! A private MariaDB server for one test, on its own port and data folder,
-//! so the test may stop and start it without disturbing anything else.
+//! so the test may stop and start it without disturbing anything else, and
+//! optionally with a clock the test can step (libfaketime).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -12,11 +13,26 @@ pub struct PrivateMariadb {
     pub dir: tempfile::TempDir,
     pub port: u16,
     child: Option<Child>,
+    /// libfaketime's offset file, when the server runs on a steppable clock.
+    clock_file: Option<PathBuf>,
 }
+
+/// Debian's libfaketime (package `libfaketime`; `scripts/ensure-tools` installs it).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 impl PrivateMariadb {
     /// Creates a data folder and starts the server (a few seconds).
     pub fn start() -> PrivateMariadb {
+        Self::start_with(false)
+    }
+
+    /// A server whose wall clock (`NOW()`, `UTC_TIMESTAMP()`) the test can
+    /// step with [`PrivateMariadb::set_clock_offset`] while it runs.
+    pub fn start_with_steppable_clock() -> PrivateMariadb {
+        Self::start_with(true)
+    }
+
+    fn start_with(steppable_clock: bool) -> PrivateMariadb {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let status = Command::new("mariadb-install-db")
@@ -34,11 +50,31 @@ impl PrivateMariadb {
         assert!(status.success(), "mariadb-install-db failed");
         let mut db = PrivateMariadb {
             port: free_port(),
+            clock_file: steppable_clock.then(|| dir.path().join("faketime.rc")),
             dir,
             child: None,
         };
+        if steppable_clock {
+            assert!(
+                std::path::Path::new(LIBFAKETIME).exists(),
+                "{LIBFAKETIME} is missing: run scripts/ensure-tools"
+            );
+            db.set_clock_offset(0);
+        }
         db.resume();
         db
+    }
+
+    /// Steps the server's wall clock to real time + `secs` (read at every
+    /// clock call: libfaketime's cache is off). Its monotonic clock is left alone.
+    pub fn set_clock_offset(&self, secs: i64) {
+        let file = self
+            .clock_file
+            .as_ref()
+            .expect("a server with a steppable clock");
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{secs:+}\n")).expect("write the clock offset");
+        std::fs::rename(&tmp, file).expect("move the clock offset in place");
     }
 
     fn data(&self) -> PathBuf {
@@ -56,7 +92,14 @@ impl PrivateMariadb {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .expect("server log");
-        let child = Command::new("/usr/sbin/mariadbd")
+        let mut cmd = Command::new("/usr/sbin/mariadbd");
+        if let Some(file) = &self.clock_file {
+            cmd.env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", file)
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = cmd
             .arg("--no-defaults")
             .arg(format!("--datadir={}", self.data().display()))
             .arg(format!("--port={}", self.port))

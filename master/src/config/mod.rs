@@ -110,12 +110,15 @@ impl ClusterConfig {
                 ),
             ));
         }
-        if t.claim_lease.get() <= t.claim_renew_interval.get() {
+        // A renewal that fails is retried at the next heartbeat, so one
+        // missed renewal never costs a claim; the lease also outlasts a
+        // master's own fence by a whole `master_timeout`.
+        if t.claim_lease.get() < t.claim_renew_interval.get() * 2 + t.master_timeout.get() {
             return Err(invalid(
                 "cluster.claim_lease".into(),
                 format!(
-                    "must be longer than cluster.claim_renew_interval ({})",
-                    t.claim_renew_interval
+                    "must be at least 2 x cluster.claim_renew_interval ({}) + cluster.master_timeout ({})",
+                    t.claim_renew_interval, t.master_timeout
                 ),
             ));
         }

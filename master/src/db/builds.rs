@@ -46,6 +46,29 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(None);
             }
+            // A replay (the first attempt committed but its answer was lost)
+            // finds the build it made: a master runs one build per request.
+            let sql = "SELECT id, number, started_at FROM builds \
+                       WHERE buildrequestid = ? AND masterid = ? AND complete_at IS NULL \
+                       ORDER BY id DESC LIMIT 1";
+            if let Some(row) = sqlx::query(sql)
+                .bind(request_id)
+                .bind(me)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                let build = BuildRow {
+                    id: row.i64("id")?,
+                    number: row.i64("number")?,
+                    builder_id,
+                    request_id,
+                    master_id: me,
+                    worker_id,
+                    started_at: row.time("started_at")?,
+                };
+                tx.commit().await?;
+                return Ok(Some(build));
+            }
             let insert = format!(
                 "INSERT INTO builds \
                  (number, builderid, buildrequestid, masterid, workerid, started_at, state_string) \
@@ -93,7 +116,9 @@ impl Store {
     /// Finish a build in one transaction. With `complete_request`, complete
     /// the request too (fenced); without, give the request back to the queue.
     /// Returns `false` when `me` no longer holds the claim: the build is then
-    /// recorded as Retry and the request is left alone.
+    /// recorded as Retry and the request is left alone. A build already
+    /// finished keeps its outcome, so a replay after a lost answer changes
+    /// nothing.
     pub async fn finish_build(
         &self,
         me: MasterId,
@@ -154,8 +179,8 @@ impl Store {
                 }
             };
             let sql = format!(
-                "UPDATE builds SET complete_at = COALESCE(complete_at, {}), results = ? \
-                 WHERE id = ? AND masterid = ?",
+                "UPDATE builds SET complete_at = {}, results = ? \
+                 WHERE id = ? AND masterid = ? AND complete_at IS NULL",
                 d.now()
             );
             sqlx::query(AssertSqlSafe(sql))

@@ -437,6 +437,35 @@ impl Store {
         Ok(released)
     }
 
+    /// The unfinished requests `me` holds, with their `claimed_at`.
+    pub async fn claims_held(&self, me: MasterId) -> Result<Vec<(i64, DateTime<Utc>)>, DbError> {
+        with_pool!(self, |pool, d| {
+            let rows = sqlx::query(
+                "SELECT id, claimed_by_masterid, claimed_at FROM buildrequests \
+                 WHERE claimed_by_masterid = ? AND complete = 0 ORDER BY id",
+            )
+            .bind(me)
+            .fetch_all(pool)
+            .await?;
+            Ok(claim_rows(&rows)?
+                .into_iter()
+                .map(|(id, _, at)| (id, at))
+                .collect())
+        })
+    }
+
+    /// Give back claims of `me` that nothing here runs, each only if its
+    /// `claimed_at` is still the one given (compare-and-swap, skipping rows
+    /// another session holds locked). Returns the ids released.
+    pub async fn release_orphaned_claims(
+        &self,
+        me: MasterId,
+        claims: &[(i64, DateTime<Utc>)],
+    ) -> Result<Vec<i64>, DbError> {
+        self.release_claims_cas(claims.iter().map(|(id, at)| (*id, me, *at)).collect())
+            .await
+    }
+
     /// Release (per-row compare-and-swap) the claims held by these masters.
     pub(crate) async fn release_claims_of(
         &self,
@@ -487,6 +516,26 @@ impl Store {
         for (id, owner, claimed_at) in rows {
             let won = with_pool_retry!(self, |pool, d| {
                 let mut tx = pool.begin_write().await?;
+                // Never wait on a row another session holds: that may be a
+                // frozen master inside a transaction, and waiting would stall
+                // this reaper (and everything queued behind it). A skipped row
+                // is taken on a later call, once its lock is gone.
+                let sql = format!(
+                    "SELECT id FROM buildrequests \
+                     WHERE id = ? AND claimed_by_masterid = ? AND claimed_at = {} AND complete = 0{}",
+                    d.time_param(),
+                    d.skip_locked()
+                );
+                let free: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .bind(id)
+                    .bind(owner)
+                    .bind(d.time_arg(claimed_at))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if free.is_none() {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
                 let sql = format!(
                     "UPDATE buildrequests SET claimed_by_masterid = NULL, claimed_at = NULL \
                      WHERE id = ? AND claimed_by_masterid = ? AND claimed_at = {} AND complete = 0",

@@ -34,6 +34,11 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] MigrateError),
+    /// A statement (or a whole transaction) did not answer within its
+    /// deadline: the connection may have gone silent without an error. Its
+    /// outcome is unknown, so whatever is retried must be safe to replay.
+    #[error("database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     #[error("{0}")]
     Other(String),
 }
@@ -70,7 +75,7 @@ impl DbError {
     /// exhausted, or the database chose this transaction as a deadlock victim.
     pub fn is_transient(&self) -> bool {
         match self {
-            DbError::Unreachable(_) => true,
+            DbError::Unreachable(_) | DbError::Timeout(_) => true,
             DbError::Sqlx(e) => sqlx_is_transient(e),
             DbError::Migrate(MigrateError::Execute(e)) => sqlx_is_transient(e),
             _ => false,

@@ -33,7 +33,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Executor, Row};
+use sqlx::{AssertSqlSafe, Executor, Row};
 
 /// Expand `$body` once per backend with `$pool` bound to the concrete pool and
 /// `$d` to its [`dialect::Dialect`].
@@ -72,6 +72,7 @@ mod claims;
 mod control;
 pub(crate) mod dialect;
 pub mod error;
+mod heartbeat;
 mod janitor;
 mod logs;
 mod masters;
@@ -87,6 +88,7 @@ pub mod types;
 
 pub use control::LastBuild;
 pub use error::DbError;
+pub use heartbeat::HeartbeatLink;
 pub use janitor::{Cutoffs, JanitorCounts};
 pub use presence::WorkerPresence;
 pub use schedulers::{BuildsetStatus, ChangeRow};
@@ -97,6 +99,11 @@ const DEFAULT_MYSQL_CONNECTIONS: u32 = 10;
 const DEFAULT_SQLITE_CONNECTIONS: u32 = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// `innodb_lock_wait_timeout` of every MySQL session.
+const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `idle_transaction_timeout` of every MariaDB session: none of flotilla's
+/// transactions waits on its client for more than a round trip.
+const IDLE_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub(crate) enum Pool {
@@ -218,16 +225,7 @@ impl Store {
                 // restarted) fails its next query and is dropped; callers
                 // already treat database errors as transient and retry.
                 .test_before_acquire(false)
-                .after_connect(|conn, _meta| {
-                    Box::pin(async move {
-                        conn.execute("SET time_zone = '+00:00'").await?;
-                        // No gap locks: a claim pick must not block inserts
-                        // of new requests.
-                        conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                            .await?;
-                        Ok(())
-                    })
-                })
+                .after_connect(|conn, _meta| Box::pin(prepare_mysql_session(conn)))
                 .connect_with(opts)
                 .await
                 .map_err(DbError::from_connect)?;
@@ -329,6 +327,52 @@ impl Store {
                 .await?;
             Ok(utc(row.try_get::<NaiveDateTime, _>("now")?))
         })
+    }
+}
+
+/// Every MySQL session of a master, pooled or not: UTC, READ COMMITTED, and
+/// bounded lock waits.
+pub(crate) async fn prepare_mysql_session(
+    conn: &mut sqlx::MySqlConnection,
+) -> Result<(), sqlx::Error> {
+    conn.execute("SET time_zone = '+00:00'").await?;
+    // No gap locks: a claim pick must not block inserts of new requests.
+    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await?;
+    // A row lock held by a frozen or cut-off master must not stall anyone for
+    // the default 50 s: a lock-wait timeout aborts the statement and the
+    // transaction is retried (paths that must never wait skip locked rows).
+    conn.execute(AssertSqlSafe(format!(
+        "SET SESSION innodb_lock_wait_timeout = {}",
+        LOCK_WAIT_TIMEOUT.as_secs()
+    )))
+    .await?;
+    // MariaDB ends a session left idle inside a transaction, which is how
+    // the row locks of a master frozen mid-transaction are given back; MySQL
+    // lacks the variable (the locks then last until its connection closes).
+    if let Err(e) = conn
+        .execute(AssertSqlSafe(format!(
+            "SET SESSION idle_transaction_timeout = {}",
+            IDLE_TRANSACTION_TIMEOUT.as_secs()
+        )))
+        .await
+    {
+        tracing::debug!(error = %e, "the server has no idle_transaction_timeout");
+    }
+    Ok(())
+}
+
+/// Runs one database operation with a deadline. sqlx has no read timeout: a
+/// connection that goes silent without an error (packets dropped, database
+/// host frozen) would otherwise hang its caller forever. On expiry the
+/// operation is abandoned and its outcome is unknown.
+pub async fn within<T>(
+    limit: Duration,
+    op: impl std::future::Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(limit, op).await {
+        Ok(r) => r,
+        Err(_) => Err(DbError::Timeout(limit)),
     }
 }
 

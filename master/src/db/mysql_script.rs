@@ -271,9 +271,9 @@ pub(crate) async fn finish_build_completing(
 ) -> Result<bool, DbError> {
     let body = format!(
         "{completion}\
-         UPDATE builds SET complete_at = COALESCE(complete_at, NOW(6)), \
+         UPDATE builds SET complete_at = NOW(6), \
          results = IF(@flotilla_completed = 1, {code}, {retry}) \
-         WHERE id = {build_id} AND masterid = {me}; \
+         WHERE id = {build_id} AND masterid = {me} AND complete_at IS NULL; \
          COMMIT; SELECT @flotilla_completed AS completed",
         completion = completion_statements(me, &[request_id], results.as_i64()),
         code = results.as_i64(),

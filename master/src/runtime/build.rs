@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_proto::v1::{CommandExit, RunCommand};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::build_log::{BuildLog, FLUSH_EVERY};
@@ -34,19 +35,38 @@ pub enum AbortReason {
 const INTERRUPT_WAIT: Duration = Duration::from_secs(10);
 /// Transient database errors are retried for about this long.
 const RETRY_FOR: Duration = Duration::from_secs(60);
+/// Deadline of one attempt in [`retry_transient`]: a silent connection
+/// must not hang a build (its outcome is then unknown, so every operation
+/// retried this way is safe to replay).
+const ATTEMPT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Starts the build of a claimed request on a reserved worker.
 pub fn spawn(state: Arc<MasterState>, request_id: i64, builder_id: i64, worker: IdleWorker) {
     let cancel = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
-    state.lock_running().insert(
-        request_id,
-        RunningBuild {
+    {
+        let mut running = state.lock_running();
+        if running.contains_key(&request_id) {
+            // Claimed again while its build still runs here (the claim was
+            // released under it, e.g. by an expired lease): never a second
+            // build of one request on one master.
+            drop(running);
+            tracing::warn!(
+                request = request_id,
+                "claimed a request whose build already runs here; not starting it twice"
+            );
+            state.workers.release(worker.key);
+            return;
+        }
+        running.insert(
             request_id,
-            cancel: cancel.clone(),
-            reason: reason.clone(),
-        },
-    );
+            RunningBuild {
+                request_id,
+                cancel: cancel.clone(),
+                reason: reason.clone(),
+            },
+        );
+    }
     let tracker = state.tasks.clone();
     tracker.spawn(async move {
         let ctx = BuildCtx {
@@ -77,7 +97,7 @@ where
     let start = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(50);
     loop {
-        match op().await {
+        match crate::db::within(ATTEMPT_DEADLINE, op()).await {
             Err(e) if e.is_transient() && start.elapsed() < RETRY_FOR => {
                 tracing::debug!(error = %e, "transient database error; retrying");
                 tokio::time::sleep(delay).await;
@@ -123,6 +143,14 @@ impl BuildCtx<'_> {
             store.unclaim(me, &[self.request_id]).await?;
             return Ok(());
         };
+        if !st.may_claim() {
+            tracing::warn!(
+                request = self.request_id,
+                "fenced before the build started; handing the request back"
+            );
+            store.unclaim(me, &[self.request_id]).await?;
+            return Ok(());
+        }
         let build = retry_transient(|| {
             store.start_build(me, self.request_id, builder_id, self.worker.worker_id)
         })
@@ -271,6 +299,21 @@ impl BuildCtx<'_> {
         };
         let shown = super::steps::describe(step).unwrap_or_else(|| shell_words(&run.argv));
         log.note(&format!("$ {shown}")).await?;
+        if st.live.is_fenced() || !st.live.fresh() {
+            // No command goes out from a fenced master.
+            self.reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(AbortReason::LostClaim);
+            self.cancel.cancel();
+            log.note("not started: this master is fenced").await?;
+            log.flush().await?;
+            return Ok(StepOutcome {
+                results: Results::Retry,
+                state: "fenced".into(),
+                aborted: Some(self.abort_reason()),
+            });
+        }
         let mut rx = match st.workers.start_command(self.worker.key, run).await {
             Ok(rx) => rx,
             Err(e) => {
@@ -284,6 +327,65 @@ impl BuildCtx<'_> {
                 });
             }
         };
+        let outcome = match self.follow(command_id, &mut rx, &mut log).await {
+            Ok(o) => o,
+            Err(e) => {
+                // A database error while the command may still run: stop it
+                // and see it end before the request can go back to the queue.
+                self.stop_command(command_id, &mut rx).await;
+                st.workers.finish_command(command_id);
+                return Err(e);
+            }
+        };
+        st.workers.finish_command(command_id);
+        log.flush().await?;
+        Ok(outcome)
+    }
+
+    /// Interrupts a command and waits (up to [`INTERRUPT_WAIT`]) for its
+    /// worker to confirm its end. A worker that does not confirm gets no
+    /// more work: it is detached here, as if it had left.
+    async fn stop_command(&self, command_id: u64, rx: &mut mpsc::Receiver<CommandEvent>) {
+        let st = self.state;
+        st.workers
+            .interrupt(
+                self.worker.key,
+                command_id,
+                "the master cannot record this build",
+            )
+            .await;
+        let confirmed = tokio::time::timeout(INTERRUPT_WAIT, async {
+            loop {
+                match rx.recv().await {
+                    Some(CommandEvent::Output(_)) => continue,
+                    Some(CommandEvent::Exit(_)) => return true,
+                    Some(CommandEvent::Lost(why)) => return why != super::link::LINK_CLOSED,
+                    None => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if !confirmed {
+            tracing::error!(
+                worker = %self.worker.name,
+                request = self.request_id,
+                "the worker did not confirm the end of an interrupted command; giving it no more work"
+            );
+            st.workers
+                .detach(self.worker.key, "did not confirm an interrupted command");
+            wait_for_gateway_fence(st).await;
+        }
+    }
+
+    /// Follows a running command to its end, storing its output.
+    async fn follow(
+        &self,
+        command_id: u64,
+        rx: &mut mpsc::Receiver<CommandEvent>,
+        log: &mut BuildLog,
+    ) -> Result<StepOutcome, DbError> {
+        let st = self.state;
         let mut interrupted: Option<AbortReason> = None;
         let mut give_up = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -306,6 +408,9 @@ impl BuildCtx<'_> {
                     }
                     Some(CommandEvent::Lost(why)) => {
                         log.note(&format!("worker lost: {why}")).await?;
+                        if why == super::link::LINK_CLOSED {
+                            wait_for_gateway_fence(st).await;
+                        }
                         break lost_outcome(interrupted);
                     }
                     None => {
@@ -322,6 +427,8 @@ impl BuildCtx<'_> {
                 }
                 _ = tokio::time::sleep_until(give_up) => {
                     log.note("the worker did not confirm the interrupt").await?;
+                    st.workers.detach(self.worker.key, "did not confirm an interrupted command");
+                    wait_for_gateway_fence(st).await;
                     break lost_outcome(interrupted);
                 }
                 _ = tick.tick() => {
@@ -331,8 +438,6 @@ impl BuildCtx<'_> {
                 }
             }
         };
-        st.workers.finish_command(command_id);
-        log.flush().await?;
         Ok(outcome)
     }
 }
@@ -344,6 +449,15 @@ fn build_summary(result: Results, failed_step: Option<&str>) -> String {
         (Results::Failure | Results::Exception, Some(step)) => format!("{result} in {step}"),
         _ => result.to_string(),
     }
+}
+
+/// When a command's end was not confirmed (its gateway link closed or went
+/// silent, or its worker ignored an interrupt), the request must not go back
+/// to the queue before the gateway has fenced this master's link and
+/// interrupted the command: wait out the link's silence timeout, plus a
+/// second for the interrupt to reach the worker.
+async fn wait_for_gateway_fence(st: &MasterState) {
+    tokio::time::sleep(super::link::link_silence(st) + Duration::from_secs(1)).await;
 }
 
 fn lost_outcome(interrupted: Option<AbortReason>) -> StepOutcome {

@@ -36,8 +36,9 @@ pub async fn run(state: Arc<MasterState>, stop: CancellationToken) {
             if handed > 0 {
                 tracing::info!(workers = handed, "handed idle workers back to the gateway");
             }
-        } else if state.db_healthy.load(std::sync::atomic::Ordering::SeqCst) {
-            match claim_round(&state).await {
+        } else if state.may_claim() {
+            let deadline = state.config.cluster.master_timeout.get();
+            match crate::db::within(deadline, claim_round(&state)).await {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {

@@ -22,6 +22,10 @@ use super::workers::{CommandEvent, WorkerKey};
 const OUTBOUND_QUEUE: usize = 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Why the commands on a link's workers are lost when the link ends; their
+/// end is unknown until the gateway has fenced the link.
+pub(crate) const LINK_CLOSED: &str = "the link to the gateway closed";
+
 /// Keeps a link to the gateway at `url` up until `stop`.
 pub async fn run(state: Arc<MasterState>, link: u64, url: String, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
@@ -31,9 +35,7 @@ pub async fn run(state: Arc<MasterState>, link: u64, url: String, stop: Cancella
             r = session(&state, link, &url) => r,
             _ = stop.cancelled() => Ok(()),
         };
-        state
-            .workers
-            .detach_link(link, "the link to the gateway closed");
+        state.workers.detach_link(link, LINK_CLOSED);
         if let Err(e) = state
             .store
             .workers_detached_link(state.master_id(), link)
@@ -63,6 +65,12 @@ pub async fn run(state: Arc<MasterState>, link: u64, url: String, stop: Cancella
     }
 }
 
+/// How long the gateway lets this master's link be silent before it fences
+/// the master (`silence_timeout_ms` in the hello).
+pub(crate) fn link_silence(state: &MasterState) -> Duration {
+    state.config.cluster.master_timeout.get() / 2
+}
+
 fn heartbeat_every(state: &MasterState) -> Duration {
     let silence = state.config.cluster.master_timeout.get() / 2;
     (silence / 4).clamp(
@@ -75,7 +83,12 @@ async fn session(state: &Arc<MasterState>, link: u64, url: &str) -> Result<(), S
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .map_err(|e| format!("bad gateway URL: {e}"))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A link that goes silent without closing (packets dropped) is found
+        // by HTTP/2 pings: the gateway sends the master nothing on its own.
+        .http2_keep_alive_interval(heartbeat_every(state))
+        .keep_alive_timeout(link_silence(state))
+        .keep_alive_while_idle(true);
     let ca = state
         .config
         .gateway
@@ -99,7 +112,7 @@ async fn session(state: &Arc<MasterState>, link: u64, url: &str) -> Result<(), S
         master_id,
         name: state.name.clone(),
         draining: state.is_draining(),
-        silence_timeout_ms: (state.config.cluster.master_timeout.get() / 2).as_millis() as u64,
+        silence_timeout_ms: link_silence(state).as_millis() as u64,
     };
     tx.send(msg(master_to_gateway::Msg::Hello(hello)))
         .await
@@ -126,12 +139,10 @@ async fn session(state: &Arc<MasterState>, link: u64, url: &str) -> Result<(), S
         let mut tick = tokio::time::interval(beat);
         loop {
             tick.tick().await;
-            // Only beat while the database knows we are alive: a master cut
-            // off from the database must be fenced by the gateway in time.
-            if !hb_state
-                .db_healthy
-                .load(std::sync::atomic::Ordering::SeqCst)
-            {
+            // Only beat while the database has confirmed a heartbeat of ours
+            // within the fence: a master cut off from the database (even
+            // silently, with no error yet) must be fenced by the gateway too.
+            if !hb_state.live.fresh() || hb_state.live.is_fenced() {
                 continue;
             }
             let m = msg(master_to_gateway::Msg::Heartbeat(MasterHeartbeat {

@@ -10,8 +10,11 @@
 mod build;
 mod build_log;
 mod claim_loop;
+mod heartbeat;
 mod link;
+mod liveness;
 mod maintenance;
+mod reaper;
 mod rebalance;
 mod steps;
 mod workers;
@@ -62,13 +65,16 @@ pub enum MasterError {
         "this master was declared dead by the cluster (it could not heartbeat in time); its builds were stopped"
     )]
     Fenced,
+    /// Another live process runs under this master's name.
+    #[error("{0}")]
+    NameInUse(String),
 }
 
 impl MasterError {
     /// Exit code of the contract for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            MasterError::Config(_) => 78,
+            MasterError::Config(_) | MasterError::NameInUse(_) => 78,
             MasterError::Db(DbError::Unreachable(_)) => 69,
             MasterError::Db(DbError::BadUrl(_) | DbError::AccessDenied(_)) => 78,
             MasterError::Db(DbError::SchemaNotCurrent { .. } | DbError::SchemaNewer { .. }) => 78,
@@ -107,6 +113,10 @@ pub struct MasterState {
     pub draining: AtomicBool,
     /// Whether the last heartbeat reached the database.
     pub db_healthy: AtomicBool,
+    /// Heartbeats confirmed, by this master's clock, and the fence.
+    pub(crate) live: liveness::Liveness,
+    /// Set when this master must stop for good (its name is taken).
+    fatal: Mutex<Option<String>>,
     /// Gateway links attached now.
     pub gateway_links: AtomicUsize,
     /// Outgoing queues of the attached gateway links, to announce new work.
@@ -126,6 +136,19 @@ impl MasterState {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Whether this master may claim and start builds now: its database
+    /// answers and its latest confirmed heartbeat is younger than the fence.
+    pub fn may_claim(&self) -> bool {
+        self.db_healthy.load(Ordering::SeqCst) && self.live.fresh() && !self.live.is_fenced()
+    }
+
+    /// Stop this master for good with `reason` (exit 78).
+    pub(crate) fn fatal(&self, reason: String) {
+        *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.shutdown.graceful.cancel();
+        self.shutdown.immediate.cancel();
     }
 
     /// Request ids of the builds running here.
@@ -185,6 +208,16 @@ pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterEr
     }
     let names: Vec<String> = config.builders.iter().map(|b| b.name.clone()).collect();
     let builder_ids = store.ensure_builders(&names).await?;
+    let beat = config.cluster.heartbeat_interval.get();
+    let fence_after =
+        liveness::Liveness::new(config.cluster.master_timeout.get(), beat).fence_after;
+    if let Err(e) = name_free(&store, &opts.name, None, beat, fence_after).await {
+        return Err(match e {
+            RejoinError::NameInUse(msg) => MasterError::NameInUse(msg),
+            RejoinError::Db(e) => MasterError::Db(e),
+        });
+    }
+    let registered_at = tokio::time::Instant::now();
     let me = store.register_master(&opts.name).await?;
     let released = store.release_older_incarnations(&me).await?;
     tracing::info!(
@@ -207,6 +240,8 @@ pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterEr
         wake: Notify::new(),
         draining: AtomicBool::new(false),
         db_healthy: AtomicBool::new(true),
+        live: liveness::Liveness::new(config.cluster.master_timeout.get(), beat),
+        fatal: Mutex::new(None),
         gateway_links: AtomicUsize::new(0),
         link_senders: Mutex::new(HashMap::new()),
         running: Mutex::new(HashMap::new()),
@@ -229,6 +264,9 @@ pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterEr
             stop_all.clone(),
         )));
     }
+    state.live.reset(registered_at);
+    let beats = tokio::spawn(heartbeat::run(state.clone(), stop_all.clone()));
+    let watchdog = tokio::spawn(heartbeat::watchdog(state.clone(), stop_all.clone()));
     let maintenance = tokio::spawn(maintenance::run(state.clone(), stop_all.clone()));
     tokio::spawn(crate::janitor::run_periodic(
         state.clone(),
@@ -264,6 +302,8 @@ pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterEr
         tracing::error!(error = %e, "could not mark this master inactive; others will reap it after master_timeout");
     }
     stop_all.cancel();
+    let _ = beats.await;
+    let _ = watchdog.await;
     let _ = maintenance.await;
     let _ = schedulers.await;
     let _ = change_sources.await;
@@ -271,19 +311,93 @@ pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterEr
         let _ = l.await;
     }
     let _ = http.await;
+    if let Some(reason) = state.fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(MasterError::NameInUse(reason));
+    }
     tracing::info!("master stopped");
     Ok(())
+}
+
+#[derive(Debug)]
+pub(crate) enum RejoinError {
+    NameInUse(String),
+    Db(DbError),
+}
+
+impl From<DbError> for RejoinError {
+    fn from(e: DbError) -> Self {
+        RejoinError::Db(e)
+    }
+}
+
+/// Whether `name` may (re)join: its latest incarnation (other than `mine`)
+/// must be inactive, or its heartbeat must have stood still for the fence
+/// (`fence_after`), so that process, if it lives, has stopped its builds
+/// before its claims are released. The database's own record of how long it
+/// has been silent counts toward that wait; a heartbeat seen to advance
+/// means another live process has this name.
+async fn name_free(
+    store: &Store,
+    name: &str,
+    mine: Option<i64>,
+    beat: Duration,
+    fence_after: Duration,
+) -> Result<(), RejoinError> {
+    let Some(first) = store.latest_incarnation(name).await? else {
+        return Ok(());
+    };
+    if !first.active || Some(first.id) == mine {
+        return Ok(());
+    }
+    let silent = (store.db_now().await? - first.last_active)
+        .to_std()
+        .unwrap_or_default();
+    let wait = fence_after
+        .saturating_sub(silent)
+        .max(beat + Duration::from_millis(250));
+    tracing::info!(
+        previous = first.id,
+        ?wait,
+        "an earlier incarnation of this name is marked active; checking that its heartbeat has stopped"
+    );
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        let now = store.latest_incarnation(name).await?;
+        let advanced = match &now {
+            Some(row) => row.id != first.id || row.last_active != first.last_active,
+            None => false,
+        };
+        if advanced && now.as_ref().is_some_and(|r| r.active) {
+            return Err(RejoinError::NameInUse(format!(
+                "another master named {name:?} is running (its heartbeat advances); \
+                 give each master its own --name"
+            )));
+        }
+        if tokio::time::Instant::now() >= until {
+            return Ok(());
+        }
+        tokio::time::sleep(beat.min(Duration::from_millis(200))).await;
+    }
 }
 
 /// This incarnation was declared dead (it could not heartbeat in time, so
 /// other masters may already run its requests): stop every build without
 /// recording anything, then join again as a new incarnation.
-pub(crate) async fn rejoin(state: &Arc<MasterState>) -> Result<(), DbError> {
+pub(crate) async fn rejoin(state: &Arc<MasterState>) -> Result<(), RejoinError> {
     state.abort_builds(None, AbortReason::LostClaim);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while state.running_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let beat = state.config.cluster.heartbeat_interval.get();
+    name_free(
+        &state.store,
+        &state.name,
+        Some(state.master_id()),
+        beat,
+        state.live.fence_after,
+    )
+    .await?;
     let me = state.store.register_master(&state.name).await?;
     state.store.release_older_incarnations(&me).await?;
     if state.is_draining() && !state.shutdown.graceful.is_cancelled() {

@@ -24,8 +24,15 @@ const BATCH: i64 = 500;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct State {
-    /// Every change up to this id has been seen.
+    /// Every change up to this id has been seen (the settled watermark).
     last_change: i64,
+    /// Changes above the watermark already seen. Ids are handed out when a
+    /// change is inserted, not when it commits: a change with a lower id can
+    /// appear after a higher one (two webhooks or pollers at once), so the
+    /// watermark moves only past changes older than a look-back window, and
+    /// the newer ones are remembered here so each is seen exactly once.
+    #[serde(default)]
+    seen: std::collections::BTreeSet<i64>,
     /// Branch (empty for none) to the changes waiting there.
     pending: BTreeMap<String, Pending>,
 }
@@ -100,14 +107,27 @@ pub async fn tick(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbError>
             last_change: store
                 .last_change_id_before(ctx.config.cluster.master_timeout.get())
                 .await?,
+            seen: Default::default(),
             pending: BTreeMap::new(),
         },
     };
+    // How long an insert may take to commit after its id was handed out.
+    let look_back = ctx.config.cluster.master_timeout.get();
     let timer = s.tree_stable_timer.map(|d| d.get()).unwrap_or_default();
     let timer = chrono::Duration::from_std(timer).unwrap_or_default();
     let mut fired: Vec<Pending> = Vec::new();
-    for c in store.changes_after(st.last_change, BATCH).await? {
-        st.last_change = c.id;
+    // Everything up to here has committed, by the look-back window (asked
+    // before reading, so the read sees all of it).
+    let settled = store.last_change_id_before(look_back).await?;
+    let read = store
+        .changes_after(st.last_change, BATCH + st.seen.len() as i64)
+        .await?;
+    let full = read.len() as i64 >= BATCH + st.seen.len() as i64;
+    let newest_read = read.last().map(|c| c.id);
+    for c in read {
+        if !st.seen.insert(c.id) {
+            continue;
+        }
         if !wants_branch(s, c.branch.as_deref()) {
             continue;
         }
@@ -130,6 +150,14 @@ pub async fn tick(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbError>
             }
         }
     }
+    // Move the watermark past what has settled and was read in full.
+    let mut watermark = settled.max(st.last_change);
+    if full {
+        watermark = watermark.min(newest_read.unwrap_or(st.last_change));
+    }
+    st.last_change = st.last_change.max(watermark);
+    let last = st.last_change;
+    st.seen.retain(|id| *id > last);
     let ready: Vec<String> = st
         .pending
         .iter()
