@@ -188,8 +188,7 @@ impl BuildCtx<'_> {
                 retry_transient(|| store.finish_step(step_id, Results::Skipped, "skipped")).await?;
                 continue;
             }
-            let running = format!("running {}", step.name);
-            retry_transient(|| store.set_build_state(build.id, &running)).await?;
+            show_state(store, build.id, &format!("running {}", step.name)).await;
             retry_transient(|| store.start_step(step_id)).await?;
             let log_id = retry_transient(|| store.create_log(step_id, "stdio")).await?;
             let outcome = self
@@ -246,8 +245,12 @@ impl BuildCtx<'_> {
                 Results::Retry
             }
         };
-        let summary = build_summary(result, failed_step.as_deref());
-        retry_transient(|| store.set_build_state(build.id, &summary)).await?;
+        show_state(
+            store,
+            build.id,
+            &build_summary(result, failed_step.as_deref()),
+        )
+        .await;
         metrics::gauge!(crate::metrics::RUNNING_BUILDS).decrement(1.0);
         metrics::histogram!(crate::metrics::BUILD_DURATION, "builder" => details.builder.clone(), "results" => result.name())
             .record(started.elapsed().as_secs_f64());
@@ -439,6 +442,19 @@ impl BuildCtx<'_> {
             }
         };
         Ok(outcome)
+    }
+}
+
+/// Records the build's one-line state (`running <step>`, then its result).
+/// It is for people: one short attempt, and a failure is only logged, so a
+/// database that is away never delays or fails the build over it.
+async fn show_state(store: &crate::db::Store, build_id: i64, state: &str) {
+    let attempt = crate::db::within(
+        Duration::from_secs(2),
+        store.set_build_state(build_id, state),
+    );
+    if let Err(e) = attempt.await {
+        tracing::debug!(error = %e, build = build_id, state, "could not record the build's state");
     }
 }
 
