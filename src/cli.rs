@@ -1,8 +1,20 @@
-//! The command line of CONTRACT.md, parsed with clap.
+//! The command line (docs/cli.md describes it for users), parsed with clap.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Where client commands find a master when neither `--api` nor `FLOTILLA_API` is given.
+pub const DEFAULT_API: &str = "http://127.0.0.1:8010";
+
+/// `--api` for the commands that talk to a master's HTTP API; given after the
+/// command, it wins over one given before it.
+#[derive(Debug, Args)]
+pub struct ApiArg {
+    /// Master HTTP API to talk to [env: FLOTILLA_API] [default: http://127.0.0.1:8010].
+    #[arg(long = "api", value_name = "URL")]
+    pub api: Option<String>,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,13 +26,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   Workers connect through a gRPC gateway that routes each to a live master."
 )]
 pub struct Cli {
-    /// Master HTTP API used by client commands.
-    #[arg(
-        long,
-        global = true,
-        env = "FLOTILLA_API",
-        default_value = "http://127.0.0.1:8010"
-    )]
+    /// Master HTTP API used by client commands (also accepted after the command).
+    #[arg(long, env = "FLOTILLA_API", default_value = DEFAULT_API)]
     pub api: String,
     /// Log as JSON lines.
     #[arg(long, global = true, env = "FLOTILLA_LOG_JSON")]
@@ -56,6 +63,12 @@ pub enum Command {
     Undrain(MasterNameArg),
     /// Run the retention clean-up once.
     Janitor(JanitorArgs),
+    /// Validate a cluster file completely, without a database (exit 0 or 78).
+    Check(CheckArgs),
+    /// Exit 0 if a master (or the gateway's metrics address) is ready to serve.
+    Health(HealthArgs),
+    /// Print a build's step logs; with --follow, as they are written.
+    Logs(LogsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -77,7 +90,7 @@ pub struct QuickstartArgs {
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// The cluster file (its [database] url is used).
-    #[arg(long, conflicts_with = "database_url")]
+    #[arg(long, value_name = "FILE", conflicts_with = "database_url")]
     pub config: Option<PathBuf>,
     /// Database URL, e.g. mysql://root@127.0.0.1:3306/flotilla or sqlite://state.sqlite.
     #[arg(long)]
@@ -94,7 +107,8 @@ pub enum DbCommand {
 
 #[derive(Debug, Args)]
 pub struct MasterArgs {
-    #[arg(long)]
+    /// The cluster file.
+    #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// Master name; defaults to the host name. Identity is the name plus boot time.
     #[arg(long)]
@@ -106,7 +120,8 @@ pub struct MasterArgs {
 
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
-    #[arg(long)]
+    /// The cluster file.
+    #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// Listen address (default: [gateway] listen of the cluster file).
     #[arg(long)]
@@ -121,6 +136,7 @@ pub struct WorkerArgs {
     /// Gateway URL, e.g. http://127.0.0.1:9989.
     #[arg(long)]
     pub gateway: String,
+    /// The worker's name, as in the cluster file's [[workers]].
     #[arg(long)]
     pub name: String,
     /// Environment variable holding the worker's password.
@@ -139,19 +155,27 @@ pub struct WorkerArgs {
 
 #[derive(Debug, Args)]
 pub struct SendchangeArgs {
+    #[command(flatten)]
+    pub api: ApiArg,
+    /// Repository URL the change belongs to.
     #[arg(long)]
     pub repository: String,
+    /// Branch the change was pushed to.
     #[arg(long)]
     pub branch: String,
+    /// Revision (commit) of the change.
     #[arg(long)]
     pub revision: String,
+    /// Who made the change.
     #[arg(long, default_value = "")]
     pub author: String,
+    /// The commit message.
     #[arg(long, default_value = "")]
     pub comments: String,
     /// Changed files, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub files: Vec<String>,
+    /// Project name, for schedulers that filter on it.
     #[arg(long, default_value = "")]
     pub project: String,
     /// K=V, repeatable.
@@ -161,13 +185,20 @@ pub struct SendchangeArgs {
 
 #[derive(Debug, Args)]
 pub struct ForceArgs {
+    #[command(flatten)]
+    pub api: ApiArg,
+    /// The builder to run (any builder of the cluster file).
     pub builder: String,
+    /// Branch to build (FLOTILLA_BRANCH in the steps).
     #[arg(long)]
     pub branch: Option<String>,
+    /// Revision to build (FLOTILLA_REVISION in the steps).
     #[arg(long)]
     pub revision: Option<String>,
+    /// Repository to check out (FLOTILLA_REPOSITORY in the steps).
     #[arg(long)]
     pub repository: Option<String>,
+    /// Why the build was forced (shown with the buildset).
     #[arg(long)]
     pub reason: Option<String>,
     /// K=V, repeatable.
@@ -176,28 +207,34 @@ pub struct ForceArgs {
     /// Request priority (higher runs first).
     #[arg(long)]
     pub priority: Option<i32>,
-    /// Wait for the build, showing progress; exit 1 unless it succeeds.
+    /// Wait for the build, streaming each step's output as it is written; exit 1 unless it succeeds.
     #[arg(long)]
     pub wait: bool,
-    /// Print exactly {"buildset_id": N, "buildrequest_ids": [N, ...]}.
+    /// Print exactly {"buildset_id": N, "buildrequest_ids": [N, ...]} on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct TryArgs {
+    #[command(flatten)]
+    pub api: ApiArg,
+    /// A builder to run the patch on (repeatable).
     #[arg(long = "builder", required = true)]
     pub builders: Vec<String>,
-    /// The patch, or - for standard input.
+    /// The patch (unified diff, as `git diff` writes it), or - for standard input.
     #[arg(long)]
     pub diff: String,
+    /// Revision the patch applies to (default: the branch's head).
     #[arg(long)]
     pub baserev: Option<String>,
+    /// Branch the base revision is on.
     #[arg(long)]
     pub branch: Option<String>,
     /// Repository to check out (default: the `try` scheduler's).
     #[arg(long)]
     pub repository: Option<String>,
+    /// Wait for the builds, streaming each step's output; exit 0 only if every build succeeded.
     #[arg(long)]
     pub wait: bool,
 }
@@ -218,23 +255,62 @@ pub enum StatusWhat {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    #[command(flatten)]
+    pub api: ApiArg,
+    /// What to list.
     #[arg(value_enum, default_value = "masters")]
     pub what: StatusWhat,
+    /// Print the API's JSON and nothing else on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct MasterNameArg {
+    #[command(flatten)]
+    pub api: ApiArg,
+    /// The master's name (every active incarnation of that name).
     pub master_name: String,
 }
 
 #[derive(Debug, Args)]
 pub struct JanitorArgs {
+    /// Count what would be deleted, delete nothing.
     #[arg(long)]
     pub dry_run: bool,
-    #[arg(long)]
+    /// The cluster file (default: ./cluster.toml).
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The cluster file to validate.
+    #[arg(long, value_name = "FILE", default_value = "cluster.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub api: ApiArg,
+    /// Ask only whether the process answers (`/healthz`), not whether it can serve (`/readyz`).
+    #[arg(long)]
+    pub live: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub api: ApiArg,
+    /// The build's id (as in `flotilla status builds`).
+    pub build: i64,
+    /// Keep printing output as it is written until the build ends; exit with its result.
+    #[arg(long, short)]
+    pub follow: bool,
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {

@@ -21,7 +21,10 @@ impl std::fmt::Display for ClientError {
         match self {
             ClientError::Unreachable(m) => write!(f, "API unreachable: {m}"),
             ClientError::Unauthorized(m) => {
-                write!(f, "refused by the API (admin token missing or wrong): {m}")
+                write!(
+                    f,
+                    "refused by the API (FLOTILLA_ADMIN_TOKEN or FLOTILLA_READ_TOKEN missing or wrong): {m}"
+                )
             }
             ClientError::Status(code, m) => write!(f, "API answered {code}: {m}"),
             ClientError::Decode(m) => write!(f, "unexpected answer from the API: {m}"),
@@ -51,10 +54,11 @@ pub struct ApiClient {
 const ATTEMPTS: u32 = 4;
 
 impl ApiClient {
+    /// The admin token (`FLOTILLA_ADMIN_TOKEN`) serves for reading too; a
+    /// read-only client gives `FLOTILLA_READ_TOKEN`.
     pub fn new(base: &str) -> ApiClient {
-        let token = std::env::var("FLOTILLA_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
+        let var = |name: &str| std::env::var(name).ok().filter(|t| !t.is_empty());
+        let token = var("FLOTILLA_ADMIN_TOKEN").or_else(|| var("FLOTILLA_READ_TOKEN"));
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(30))
@@ -67,14 +71,34 @@ impl ApiClient {
         }
     }
 
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    fn get_req(&self, path: &str) -> reqwest::RequestBuilder {
+        self.authed(self.http.get(self.url(path)))
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.send(|| self.http.get(self.url(path))).await
+        self.send(|| self.get_req(path)).await
     }
 
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
-        let resp = self.execute(|| self.http.get(self.url(path))).await?;
+        let resp = self.execute(|| self.get_req(path)).await?;
         resp.text()
             .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// The body as bytes (a log read from a byte offset may end inside a character).
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let resp = self.execute(|| self.get_req(path)).await?;
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
@@ -83,14 +107,8 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        self.send(|| {
-            let mut req = self.http.post(self.url(path)).json(body);
-            if let Some(t) = &self.token {
-                req = req.bearer_auth(t);
-            }
-            req
-        })
-        .await
+        self.send(|| self.authed(self.http.post(self.url(path)).json(body)))
+            .await
     }
 
     fn url(&self, path: &str) -> String {

@@ -24,6 +24,7 @@ pub fn db_error(context: &str, e: &DbError) -> i32 {
         DbError::Unreachable(_) => UNAVAILABLE,
         DbError::BadUrl(_)
         | DbError::AccessDenied(_)
+        | DbError::UnknownDatabase { .. }
         | DbError::SchemaNotCurrent { .. }
         | DbError::SchemaNewer { .. } => CONFIG,
         e if e.is_transient() => UNAVAILABLE,

@@ -1,4 +1,4 @@
-//! The HTTP API of CONTRACT.md on a real two-master cluster: every route,
+//! The HTTP API (docs/http-api.md) on a real two-master cluster: every route,
 //! bad ids (404), bad filters (400), missing or wrong token (401),
 //! pagination, cluster-wide workers, stop (local and through another
 //! master), cancel, rebuild and `max_concurrent_builds`.

@@ -1,14 +1,19 @@
 //! `/metrics` of a real master, scraped before and after builds: the claim,
 //! build and HTTP counters move, the histograms count the builds, and the
 //! scrape-time gauges (pending requests per builder, connected workers)
-//! are there.
+//! are there. `promtool check metrics` passes on the master's and on the
+//! gateway's scrape (every metric has help text), and the gateway's
+//! metrics address answers `/readyz`.
 
 mod common;
+#[path = "support/promtool.rs"]
+mod promtool;
 
 use std::time::Duration;
 
+use common::cluster::Proc;
 use common::metrics_text::sample;
-use common::{Cluster, ClusterSpec};
+use common::{Cluster, ClusterSpec, eventually, free_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counters_move_when_builds_run() {
@@ -19,6 +24,20 @@ workers = ["w1"]
   [[builders.steps]]
   name = "print"
   command = ["sh", "-c", "echo hello"]
+
+[[builders]]
+name = "on-change"
+workers = ["w1"]
+  [[builders.steps]]
+  name = "print"
+  command = ["sh", "-c", "echo changed"]
+
+# Builds its own builder, so the counts of "echo" stay the forced three.
+[[schedulers]]
+name = "on-main"
+kind = "single-branch"
+branch = "main"
+builders = ["on-change"]
 "#;
     let cluster = Cluster::start("metrics", ClusterSpec::new(1, 1, builders)).await;
     let url = format!("{}/metrics", cluster.api(0));
@@ -56,8 +75,124 @@ workers = ["w1"]
     );
     assert!(moved("flotilla_http_requests_total", &["status=\"2xx\""]) >= 3.0);
     assert_eq!(sample(&after, "flotilla_running_builds", &[]), 0.0);
+    // A change on main: the scheduler's buildset counter appears too.
+    let change = serde_json::json!({"repository": "r", "branch": "main", "revision": "c1"});
+    let resp = cluster
+        .http
+        .post(format!("{}/api/v1/changes", cluster.api(0)))
+        .json(&change)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let after = eventually(
+        "the scheduler's buildset counted",
+        Duration::from_secs(30),
+        || async {
+            let text = cluster.get_text(&url).await?;
+            (sample(&text, "flotilla_scheduler_buildsets_total", &[]) >= 1.0).then_some(text)
+        },
+    )
+    .await;
     assert!(
-        after.contains("flotilla_pending_requests{builder=\"echo\"} 0"),
+        after.contains("flotilla_pending_requests{builder=\"echo\"}"),
         "{after}"
     );
+    promtool::check_metrics("a master's /metrics", &after);
+}
+
+#[tokio::test]
+async fn the_gateway_scrape_passes_promtool_and_answers_readyz() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, "[database]\nurl = \"sqlite://unused.sqlite\"\n").unwrap();
+    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    // Ports picked free a moment ago can be taken by a test running beside
+    // this one: a gateway that could not bind exits, and is started again.
+    let mut attempt = 0;
+    let (mut gateway, grpc, metrics) = loop {
+        attempt += 1;
+        let (grpc, metrics) = (free_port(), free_port());
+        let mut gateway = Proc::spawn(
+            &format!("gateway-{attempt}"),
+            &args(&[
+                "gateway",
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{grpc}"),
+                "--metrics",
+                &format!("127.0.0.1:{metrics}"),
+            ]),
+            &[],
+            dir.path(),
+        );
+        let mut up = false;
+        for _ in 0..100 {
+            if http
+                .get(format!("http://127.0.0.1:{metrics}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                up = true;
+                break;
+            }
+            if gateway.wait_exit(Duration::from_millis(1)).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if up {
+            break (gateway, grpc, metrics);
+        }
+        assert!(
+            attempt < 3,
+            "the gateway did not start: {}",
+            gateway.output()
+        );
+    };
+    // A worker with no master to take it: connected, then refused, then back.
+    let worker = Proc::spawn(
+        "worker",
+        &args(&[
+            "worker",
+            "--gateway",
+            &format!("http://127.0.0.1:{grpc}"),
+            "--name",
+            "w1",
+            "--password-env",
+            "PW",
+            "--basedir",
+            dir.path().join("w").to_str().unwrap(),
+        ]),
+        &[("PW".to_owned(), "secret".to_owned())],
+        dir.path(),
+    );
+    let base = format!("http://127.0.0.1:{metrics}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let body = match http.get(format!("{base}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if body.contains("flotilla_gateway_connected_workers") {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker was never counted:\n{body}\n--- gateway ---\n{}\n--- worker ---\n{}",
+            gateway.output(),
+            worker.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    promtool::check_metrics("the gateway's /metrics", &text);
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::OK);
+    gateway.kill9();
 }

@@ -8,7 +8,11 @@
 //!
 //! The gateway exports its own family, `flotilla_gateway_*` (connected
 //! masters and workers, routed messages, refused workers, master attaches
-//! and fences), from `worker-gateway`.
+//! and fences), recorded in `worker-gateway`; [`describe_gateway`] gives
+//! those their help text where the gateway's `/metrics` is served.
+//!
+//! Every exported metric has help text: `promtool check metrics` must pass
+//! on every scrape (the tests run it).
 
 /// Requests a claim round asked the database for (counter).
 pub const CLAIMS_ATTEMPTED: &str = "flotilla_claims_attempted_total";
@@ -52,6 +56,49 @@ pub const JANITOR_RUNS: &str = "flotilla_janitor_runs_total";
 pub const JANITOR_DELETED: &str = "flotilla_janitor_deleted_rows_total";
 /// HTTP API requests answered, per `status` class (counter).
 pub const HTTP_REQUESTS: &str = "flotilla_http_requests_total";
+/// Buildsets a scheduler created, per `scheduler` (counter).
+pub const SCHEDULER_BUILDSETS: &str = "flotilla_scheduler_buildsets_total";
+
+/// The gateway's metrics: `(name, kind, help)`.
+pub const GATEWAY_METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "flotilla_gateway_connected_masters",
+        Kind::Gauge,
+        "Masters linked to this gateway",
+    ),
+    (
+        "flotilla_gateway_connected_workers",
+        Kind::Gauge,
+        "Workers connected to this gateway",
+    ),
+    (
+        "flotilla_gateway_routed_messages_total",
+        Kind::Counter,
+        "Messages passed between workers and masters, per direction",
+    ),
+    (
+        "flotilla_gateway_workers_refused_total",
+        Kind::Counter,
+        "Workers refused (unknown name, wrong password, or no master to take them)",
+    ),
+    (
+        "flotilla_gateway_master_attaches_total",
+        Kind::Counter,
+        "Master links attached to this gateway",
+    ),
+    (
+        "flotilla_gateway_master_fenced_total",
+        Kind::Counter,
+        "Masters whose commands were stopped after their link fell silent",
+    ),
+];
+
+/// The kind of a metric described by name only.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
 
 /// Bucket bounds (seconds) of each histogram.
 pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
@@ -134,4 +181,18 @@ pub fn describe() {
         HTTP_REQUESTS,
         "HTTP API requests answered, per status class"
     );
+    describe_counter!(
+        SCHEDULER_BUILDSETS,
+        "Buildsets created by schedulers, per scheduler"
+    );
+}
+
+/// Gives the gateway's metrics their help text (once the recorder is installed).
+pub fn describe_gateway() {
+    for (name, kind, help) in GATEWAY_METRICS {
+        match kind {
+            Kind::Counter => ::metrics::describe_counter!(*name, *help),
+            Kind::Gauge => ::metrics::describe_gauge!(*name, *help),
+        }
+    }
 }

@@ -142,7 +142,12 @@ async fn connect_errors_are_classified() {
     ))
     .await
     .unwrap_err();
-    assert!(matches!(e, DbError::AccessDenied(_)), "{e:?}");
+    // MySQL error 1049 is not an authentication failure.
+    assert!(
+        matches!(&e, DbError::UnknownDatabase { name } if name == "flotilla_no_such_db"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("CREATE DATABASE"), "{e}");
     let base = common::mysql_base();
     let bad_user = base.replacen("mysql://root@", "mysql://flotilla_nobody:wrong@", 1);
     let e = flotilla_master::db::Store::connect(&format!("{bad_user}/mysql"))

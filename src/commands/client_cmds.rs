@@ -112,8 +112,9 @@ pub async fn status(api: &ApiClient, a: StatusArgs) -> i32 {
             "/api/v1/builders",
             &["name", "pending", "running", "last_results", "workers"],
         ),
+        // Finished requests too (newest first), with their result.
         StatusWhat::Requests => (
-            "/api/v1/buildrequests?complete=false",
+            "/api/v1/buildrequests?limit=50",
             &[
                 "id",
                 "builder",
@@ -134,6 +135,7 @@ pub async fn status(api: &ApiClient, a: StatusArgs) -> i32 {
                 "master",
                 "started_at",
                 "results",
+                "state_string",
             ],
         ),
         StatusWhat::Workers => (
@@ -164,12 +166,24 @@ pub async fn status(api: &ApiClient, a: StatusArgs) -> i32 {
         println!("{rows}");
         return exit::OK;
     }
+    let mut rows = rows;
+    if matches!(a.what, StatusWhat::Schedulers) {
+        // Kinds nobody needs to run have no owner: "-", not a lapsed `false`.
+        for r in rows.as_array_mut().into_iter().flatten() {
+            if r["owner"].is_null() && NOT_OWNED.contains(&r["kind"].as_str().unwrap_or_default()) {
+                r["owner_active"] = Value::Null;
+            }
+        }
+    }
     print_table(
         columns,
         rows.as_array().map(Vec::as_slice).unwrap_or_default(),
     );
     exit::OK
 }
+
+/// Scheduler kinds started from outside (the API, `try`, a trigger step).
+const NOT_OWNED: &[&str] = &["force", "try", "triggerable"];
 
 fn cell(v: Option<&Value>) -> String {
     match v {
@@ -194,14 +208,20 @@ fn print_table(columns: &[&str], rows: &[Value]) {
         .iter()
         .map(|r| columns.iter().map(|c| cell(field(r, c))).collect())
         .collect();
-    let widths: Vec<usize> = columns
+    // A nested column is headed by its last key (`owner.master_name`: MASTER_NAME).
+    let headers: Vec<String> = columns
+        .iter()
+        .map(|c| c.rsplit('.').next().unwrap_or(c).to_uppercase())
+        .collect();
+    // Widths in characters, not bytes, so names with accents stay aligned.
+    let widths: Vec<usize> = headers
         .iter()
         .enumerate()
-        .map(|(i, c)| {
+        .map(|(i, h)| {
             cells
                 .iter()
-                .map(|r| r[i].len())
-                .chain([c.len()])
+                .map(|r| r[i].chars().count())
+                .chain([h.chars().count()])
                 .max()
                 .unwrap_or(0)
         })
@@ -214,13 +234,7 @@ fn print_table(columns: &[&str], rows: &[Value]) {
             .collect();
         println!("{}", parts.join("  ").trim_end());
     };
-    // A nested column is headed by its last key (`owner.master_name`: MASTER_NAME).
-    line(
-        columns
-            .iter()
-            .map(|c| c.rsplit('.').next().unwrap_or(c).to_uppercase())
-            .collect(),
-    );
+    line(headers);
     for r in cells {
         line(r);
     }

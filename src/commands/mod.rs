@@ -1,8 +1,12 @@
 //! One function per command; `dispatch` returns the process exit code.
 
+mod check;
 mod client_cmds;
 mod db;
+mod follow;
+mod health;
 mod janitor;
+mod logs;
 mod quickstart;
 mod servers;
 mod try_cmd;
@@ -12,25 +16,30 @@ use std::path::Path;
 
 use flotilla_master::config::ClusterConfig;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{ApiArg, Cli, Command};
 use crate::client::ApiClient;
 use crate::exit;
 
 pub async fn dispatch(cli: Cli) -> i32 {
-    let api = ApiClient::new(&cli.api);
+    // `--api` after the command wins over one before it (or FLOTILLA_API).
+    let top = cli.api;
+    let api = |a: &ApiArg| ApiClient::new(a.api.as_deref().unwrap_or(&top));
     match cli.command {
         Command::Quickstart(a) => quickstart::run(a).await,
         Command::Db(c) => db::run(c).await,
         Command::Master(a) => servers::master(a).await,
         Command::Gateway(a) => servers::gateway(a).await,
         Command::Worker(a) => servers::worker(a).await,
-        Command::Sendchange(a) => client_cmds::sendchange(&api, a).await,
-        Command::Force(a) => client_cmds::force(&api, a).await,
-        Command::Status(a) => client_cmds::status(&api, a).await,
-        Command::Drain(a) => client_cmds::drain(&api, &a.master_name, true).await,
-        Command::Undrain(a) => client_cmds::drain(&api, &a.master_name, false).await,
-        Command::Try(a) => try_cmd::run(&api, a).await,
+        Command::Sendchange(a) => client_cmds::sendchange(&api(&a.api), a).await,
+        Command::Force(a) => client_cmds::force(&api(&a.api), a).await,
+        Command::Status(a) => client_cmds::status(&api(&a.api), a).await,
+        Command::Drain(a) => client_cmds::drain(&api(&a.api), &a.master_name, true).await,
+        Command::Undrain(a) => client_cmds::drain(&api(&a.api), &a.master_name, false).await,
+        Command::Try(a) => try_cmd::run(&api(&a.api), a).await,
         Command::Janitor(a) => janitor::run(a).await,
+        Command::Check(a) => check::run(a),
+        Command::Health(a) => health::run(a.api.api.as_deref().unwrap_or(&top), &a).await,
+        Command::Logs(a) => logs::run(&api(&a.api), &a).await,
     }
 }
 

@@ -28,7 +28,9 @@ fn sample_config(dir: &Path, http: &str, gateway: &str, password: &str) -> Strin
     let db = dir.join("state.sqlite");
     format!(
         r#"# flotilla cluster file written by `flotilla quickstart`.
-# Every master and the gateway load the same file; see CONTRACT.md.
+# Every master and the gateway load the same file. Every key is described in
+# docs/configuration.md of the flotilla source (`flotilla check --config FILE`
+# validates a file without a database).
 
 [database]
 url = "sqlite://{db}"
@@ -211,10 +213,18 @@ async fn run_cluster(
         }
         Err(e) => e.report(),
     };
-    if sample == exit::OK {
-        println!("sample build succeeded; see {api_url}");
+    let verdict = if sample == exit::OK {
+        "sample build succeeded"
     } else {
-        println!("sample build did not succeed; see {api_url}");
+        "sample build did not succeed"
+    };
+    if a.once {
+        // The dashboard goes away with this process: no link to a dead page.
+        println!(
+            "{verdict}; stopping (--once). Run without --once to keep the dashboard at {api_url}"
+        );
+    } else {
+        println!("{verdict}; see {api_url}");
     }
     if !a.once {
         println!("running; press Ctrl-C to stop");

@@ -1,11 +1,13 @@
-//! `--wait`: follow build requests until they complete, showing which build
-//! and step each is at, and the tail of the failing step's log on failure.
+//! `--wait`: follow build requests until they complete, streaming each
+//! build's step output as it is written (see [`super::follow`]), and the
+//! tail of the failing step's log when progress is not shown (`--json`).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::follow::{Build, Follower, is_good};
 use crate::client::ApiClient;
 use crate::exit;
 
@@ -18,28 +20,20 @@ struct Request {
 }
 
 #[derive(Debug, Deserialize)]
-struct Build {
-    id: i64,
-    number: i64,
-    worker: Option<String>,
-    master: Option<String>,
-    results: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
 struct Step {
     number: i64,
     name: String,
-    started_at: Option<String>,
     results: Option<String>,
 }
 
 const POLL: Duration = Duration::from_millis(250);
 const TAIL_LINES: usize = 30;
+/// Polls allowed for the last output of a build whose request is complete.
+const DRAIN_POLLS: usize = 40;
 
 /// Waits for every request; returns 0 only if all ended in success or warnings.
 pub async fn for_requests(api: &ApiClient, ids: &[i64], progress: bool) -> i32 {
-    let mut shown: HashMap<(i64, i64, i64), String> = HashMap::new();
+    let mut followers: HashMap<i64, Follower> = HashMap::new();
     let mut outcome: HashMap<i64, String> = HashMap::new();
     while outcome.len() < ids.len() {
         for &id in ids {
@@ -57,13 +51,50 @@ pub async fn for_requests(api: &ApiClient, ids: &[i64], progress: bool) -> i32 {
                 Ok(b) => b,
                 Err(e) => return e.report(),
             };
-            if let Some(b) = builds.first() {
-                show_progress(api, &req, b, progress, &mut shown).await;
+            if let Some(b) = builds.first()
+                && followers.get(&id).is_none_or(|f| f.build_id != b.id)
+            {
+                if progress {
+                    eprintln!(
+                        "request {}: build #{} of {} on worker {} (master {})",
+                        req.id,
+                        b.number,
+                        req.builder,
+                        b.worker.as_deref().unwrap_or("-"),
+                        b.master.as_deref().unwrap_or("-"),
+                    );
+                }
+                let prefix = if ids.len() > 1 {
+                    format!("[{} #{}] ", req.builder, b.number)
+                } else {
+                    String::new()
+                };
+                followers.insert(id, Follower::new(b.id, prefix));
+            }
+            if progress && let Some(f) = followers.get_mut(&id) {
+                let mut polls = 0;
+                loop {
+                    match f.poll(api).await {
+                        Ok(Some(_)) => break,
+                        Ok(None) if req.complete && polls < DRAIN_POLLS => {
+                            polls += 1;
+                            tokio::time::sleep(POLL / 5).await;
+                        }
+                        Ok(None) => {
+                            if req.complete {
+                                f.flush();
+                            }
+                            break;
+                        }
+                        Err(e) => return e.report(),
+                    }
+                }
             }
             if req.complete {
                 let results = req.results.clone().unwrap_or_else(|| "unknown".into());
                 eprintln!("request {} ({}): {results}", req.id, req.builder);
                 if !is_good(&results)
+                    && !progress
                     && let Some(b) = builds.first()
                 {
                     print_failure_tail(api, b).await;
@@ -82,56 +113,12 @@ pub async fn for_requests(api: &ApiClient, ids: &[i64], progress: bool) -> i32 {
     }
 }
 
-fn is_good(results: &str) -> bool {
-    results == "success" || results == "warnings"
-}
-
-async fn show_progress(
-    api: &ApiClient,
-    req: &Request,
-    build: &Build,
-    progress: bool,
-    shown: &mut HashMap<(i64, i64, i64), String>,
-) {
-    if !progress {
-        return;
-    }
-    if let std::collections::hash_map::Entry::Vacant(e) = shown.entry((req.id, build.id, -1)) {
-        eprintln!(
-            "request {}: build #{} of {} on worker {} (master {})",
-            req.id,
-            build.number,
-            req.builder,
-            build.worker.as_deref().unwrap_or("-"),
-            build.master.as_deref().unwrap_or("-"),
-        );
-        e.insert(String::new());
-    }
-    let steps: Vec<Step> = api
-        .get(&format!("/api/v1/builds/{}/steps", build.id))
-        .await
-        .unwrap_or_default();
-    let total = steps.len();
-    for s in steps {
-        let state = match (&s.started_at, &s.results) {
-            (_, Some(r)) => format!("finished: {r}"),
-            (Some(_), None) => "running".to_owned(),
-            (None, None) => continue,
-        };
-        let key = (req.id, build.id, s.number);
-        if shown.get(&key) != Some(&state) {
-            eprintln!("  [{}/{total}] step {} {state}", s.number + 1, s.name);
-            shown.insert(key, state);
-        }
-    }
-}
-
 async fn print_failure_tail(api: &ApiClient, build: &Build) {
     let steps: Vec<Step> = api
         .get(&format!("/api/v1/builds/{}/steps", build.id))
         .await
         .unwrap_or_default();
-    let failing = steps.iter().rev().find(|s| {
+    let failing = steps.iter().find(|s| {
         s.results
             .as_deref()
             .is_some_and(|r| !is_good(r) && r != "skipped")
@@ -148,7 +135,11 @@ async fn print_failure_tail(api: &ApiClient, build: &Build) {
     if let Ok(log) = api.get_text(&path).await {
         let lines: Vec<&str> = log.lines().collect();
         let start = lines.len().saturating_sub(TAIL_LINES);
-        eprintln!("--- last lines of step {} ({}) ---", step.number, step.name);
+        eprintln!(
+            "--- last lines of step {} ({}) ---",
+            step.number + 1,
+            step.name
+        );
         for l in &lines[start..] {
             eprintln!("{l}");
         }

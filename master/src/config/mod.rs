@@ -68,7 +68,7 @@ impl ClusterConfig {
         // Parse the text as written first: its errors carry line and column.
         let parsed: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: one_line(&e.to_string()),
+            message: as_written(&e),
         })?;
         let overrides = env_overrides(env);
         let config = if overrides.is_empty() {
@@ -273,7 +273,7 @@ fn apply_overrides(
 ) -> Result<ClusterConfig, ConfigError> {
     let mut doc: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
-        message: one_line(&e.to_string()),
+        message: as_written(&e),
     })?;
     for (section, key, raw, _) in overrides {
         // A value that reads as TOML (a number, a list) is taken as such; anything else is a string.
@@ -320,7 +320,14 @@ fn apply_overrides(
         })
 }
 
-/// TOML errors span several lines (with a caret under the column); keep them on one.
+/// A TOML error about the file as the parser writes it: the line and column,
+/// the offending line with a caret under it, then what is wrong. Its line
+/// breaks are kept, since the caret only points at the column on its own line.
+fn as_written(e: &toml::de::Error) -> String {
+    e.to_string().trim_end().to_owned()
+}
+
+/// An error about environment overrides has no file text to show: one line.
 fn one_line(s: &str) -> String {
     s.lines()
         .map(str::trim)

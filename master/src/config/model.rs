@@ -150,6 +150,11 @@ pub struct ApiConfig {
     /// When set, every POST needs this variable's value as a bearer token (webhooks excepted).
     #[serde(default)]
     pub admin_token_env: Option<String>,
+    /// When set, reading the dashboard and the API needs this variable's
+    /// value (bearer token, or the password of HTTP basic auth) or the admin
+    /// token; health checks, `/metrics` and webhooks stay open.
+    #[serde(default)]
+    pub read_token_env: Option<String>,
 }
 
 fn default_api_listen() -> String {
@@ -161,6 +166,7 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: default_api_listen(),
             admin_token_env: None,
+            read_token_env: None,
         }
     }
 }

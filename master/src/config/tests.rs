@@ -138,3 +138,26 @@ fn a_lease_shorter_than_two_renewals_and_a_timeout_is_refused() {
     );
     load(&text, &[]).unwrap();
 }
+
+#[test]
+fn toml_errors_keep_their_line_breaks() {
+    let text = SAMPLE.replace(
+        "master_timeout = \"5s\"",
+        "master_timeout = \"5s\"\nmaster_timout = \"5s\"",
+    );
+    let err = load(&text, &[]).unwrap_err().to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines.len() >= 3, "{err}");
+    assert!(lines[0].contains("line 8"), "{err}");
+    // The caret under the column stands on its own line, under the key.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.trim_start().starts_with('|') && l.contains('^')),
+        "{err}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("master_timout = ")),
+        "{err}"
+    );
+}

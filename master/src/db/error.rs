@@ -15,6 +15,12 @@ pub enum DbError {
     /// Wrong credentials or no rights on the database.
     #[error("database access denied: {0}")]
     AccessDenied(String),
+    /// The server answered but has no database of that name (MySQL error 1049).
+    #[error(
+        "database `{name}` does not exist on the server: create it (e.g. `CREATE DATABASE \
+         `{name}`` as a user allowed to), then run `flotilla db upgrade`"
+    )]
+    UnknownDatabase { name: String },
     #[error(
         "database schema is not current (at {}, this binary needs {latest}): run `flotilla db upgrade`",
         current.map_or_else(|| "none".to_string(), |c| c.to_string())
@@ -121,9 +127,11 @@ impl DbError {
                 Some(
                     mysql_codes::ACCESS_DENIED
                     | mysql_codes::ACCESS_DENIED_NO_PASSWORD
-                    | mysql_codes::DB_ACCESS_DENIED
-                    | mysql_codes::UNKNOWN_DATABASE,
+                    | mysql_codes::DB_ACCESS_DENIED,
                 ) => DbError::AccessDenied(e.to_string()),
+                Some(mysql_codes::UNKNOWN_DATABASE) => DbError::UnknownDatabase {
+                    name: quoted_name(d.message()).unwrap_or_else(|| d.message().to_owned()),
+                },
                 Some(mysql_codes::TOO_MANY_CONNECTIONS | mysql_codes::SERVER_SHUTDOWN) => {
                     DbError::Unreachable(e.to_string())
                 }
@@ -134,6 +142,13 @@ impl DbError {
             _ => DbError::Sqlx(e),
         }
     }
+}
+
+/// The name in a server message such as `Unknown database 'ci'`.
+fn quoted_name(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once('\'')?;
+    let (name, _) = rest.rsplit_once('\'')?;
+    Some(name.to_owned())
 }
 
 fn sqlx_is_transient(e: &sqlx::Error) -> bool {

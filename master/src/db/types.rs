@@ -2,7 +2,7 @@
 //! [`NewBuildset`], rows such as [`RequestRow`], and the [`Results`] codes.
 //!
 //! Every time here is the database's clock, in UTC; rows serialize times as
-//! RFC 3339 and use the field names of the HTTP API (see CONTRACT.md).
+//! RFC 3339 and use the field names of the HTTP API (see docs/http-api.md).
 
 use std::collections::BTreeMap;
 use std::fmt;

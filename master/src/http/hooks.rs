@@ -212,6 +212,9 @@ fn to_changes(p: Push, source: &str) -> Vec<NewChange> {
 }
 
 async fn record(st: &MasterState, changes: Vec<NewChange>) -> HookResult {
+    for c in &changes {
+        super::limits::check_change(c).map_err(|e| HookError::BadRequest(e.to_string()))?;
+    }
     let mut ids = Vec::with_capacity(changes.len());
     for c in &changes {
         ids.push(st.store.add_change(c).await?);
@@ -223,8 +226,57 @@ async fn record(st: &MasterState, changes: Vec<NewChange>) -> HookResult {
 }
 
 fn parse_push(body: &[u8]) -> Result<Push, HookError> {
-    serde_json::from_slice(body)
-        .map_err(|e| HookError::BadRequest(format!("not a push payload: {e}")))
+    let bad = |e: String| HookError::BadRequest(format!("not a push payload: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    // serde reads a struct from a list too; a payload's objects must be objects.
+    let is_object = |v: Option<&serde_json::Value>| v.is_none_or(|v| v.is_object() || v.is_null());
+    let commits = value.get("commits").and_then(|c| c.as_array());
+    let shaped = value.is_object()
+        && ["repository", "project", "head_commit"]
+            .iter()
+            .all(|k| is_object(value.get(*k)))
+        && is_object(value.get("head_commit").and_then(|c| c.get("author")))
+        && commits.is_none_or(|cs| {
+            cs.iter()
+                .all(|c| c.is_object() && is_object(c.get("author")))
+        });
+    if !shaped {
+        return Err(bad(
+            "repository, project, head_commit, commits and authors must be objects".into(),
+        ));
+    }
+    let push: Push = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    check_push(&push).map_err(|e| HookError::BadRequest(e.to_string()))?;
+    Ok(push)
+}
+
+/// The fields of a push that become bounded columns of a change, checked
+/// as they come (the bounds are in the OpenAPI document too), so a payload
+/// is accepted or refused whole, whichever of its parts a change is made of.
+fn check_push(p: &Push) -> Result<(), super::ApiError> {
+    use super::limits::{NAME, REPOSITORY, check};
+    check("ref", Some(&p.git_ref), NAME)?;
+    check("after", p.after.as_deref(), NAME)?;
+    for c in p.commits.iter().chain(&p.head_commit) {
+        check("commit id", Some(&c.id), NAME)?;
+        if let Some(a) = &c.author {
+            check("author name", Some(&a.name), 200)?;
+            check("author email", Some(&a.email), 50)?;
+        }
+    }
+    for r in p.repository.iter().chain(&p.project) {
+        for (field, v) in [
+            ("clone_url", &r.clone_url),
+            ("html_url", &r.html_url),
+            ("full_name", &r.full_name),
+            ("git_http_url", &r.git_http_url),
+            ("path_with_namespace", &r.path_with_namespace),
+            ("url", &r.url),
+        ] {
+            check(field, v.as_deref(), REPOSITORY)?;
+        }
+    }
+    Ok(())
 }
 
 pub async fn github(
@@ -266,7 +318,7 @@ pub async fn gitlab(
                 "missing X-Gitlab-Token header".into(),
             ));
         };
-        if !super::constant_time_eq(token.as_bytes(), given.as_bytes()) {
+        if !super::auth::constant_time_eq(token.as_bytes(), given.as_bytes()) {
             return Err(HookError::Forbidden("wrong X-Gitlab-Token".into()));
         }
     }

@@ -32,7 +32,9 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
             }
             match builder.install_recorder() {
                 Ok(h) => {
+                    // The master and the gateway may share a process (quickstart).
                     crate::metrics::describe();
+                    crate::metrics::describe_gateway();
                     Some(h)
                 }
                 Err(e) => {
@@ -58,13 +60,17 @@ pub async fn metrics(State(st): State<Arc<MasterState>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
-/// A listener that serves only `/metrics` and `/healthz`, for processes
-/// without the API (the gateway). Runs until `stop`.
+/// A listener that serves only `/metrics`, `/healthz` and `/readyz`, for
+/// processes without the API (the gateway). Runs until `stop`. The gateway
+/// needs neither the database nor a master to accept workers, so it is
+/// ready from the moment it listens (before this is called) until it is
+/// told to stop.
 pub async fn serve_metrics_only(
     listener: tokio::net::TcpListener,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     install_metrics();
+    let stopping = stop.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -73,7 +79,24 @@ pub async fn serve_metrics_only(
                 ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
             }),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let ready = !stopping.is_cancelled();
+                async move {
+                    let status = if ready {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (
+                        status,
+                        axum::Json(serde_json::json!({"ready": ready, "stopping": !ready})),
+                    )
+                }
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await

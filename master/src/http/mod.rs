@@ -2,11 +2,14 @@
 //! from the shared database, so any master answers the same; writes (force,
 //! changes, drain) go to the database and wake this master's claim loop.
 
+mod auth;
 mod build_control;
 mod dashboard;
 mod error;
 mod hooks;
+mod limits;
 mod metrics_route;
+mod openapi;
 mod params;
 mod reads;
 mod try_route;
@@ -15,8 +18,7 @@ mod writes;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{Method, header};
+use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -38,6 +40,7 @@ pub fn router(state: Arc<MasterState>) -> Router {
         .route("/healthz", get(reads::healthz))
         .route("/readyz", get(reads::readyz))
         .route("/metrics", get(metrics_route::metrics))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/masters", get(reads::masters))
         .route("/api/v1/builders", get(reads::builders))
         .route("/api/v1/builders/{name}", get(reads::builder))
@@ -64,7 +67,10 @@ pub fn router(state: Arc<MasterState>) -> Router {
         .route("/api/v1/masters/{name}/drain", post(writes::drain))
         .route("/api/v1/masters/{name}/undrain", post(writes::undrain))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_tokens,
+        ))
         .layer(middleware::from_fn(count_requests))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -82,35 +88,6 @@ pub async fn serve(listener: TcpListener, state: Arc<MasterState>, stop: Cancell
     if let Err(e) = result {
         tracing::error!(error = %e, "HTTP server stopped");
     }
-}
-
-/// Every POST needs the admin token when the cluster names one (webhooks excepted).
-async fn require_token(
-    State(state): State<Arc<MasterState>>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if req.method() == Method::POST
-        && !req.uri().path().starts_with("/api/v1/hooks/")
-        && let Some(var) = &state.config.api.admin_token_env
-    {
-        let expected = std::env::var(var).unwrap_or_default();
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if expected.is_empty() || !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
-            tracing::warn!(path = %req.uri().path(), "refused a write without the right admin token");
-            return Err(ApiError::Unauthorized);
-        }
-    }
-    Ok(next.run(req).await)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

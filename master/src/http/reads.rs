@@ -237,7 +237,26 @@ pub async fn builds(State(st): St, Query(q): Q) -> ApiResult<Json<Vec<BuildInfo>
         limit,
         offset,
     };
-    Ok(Json(st.store.list_builds(&f).await?))
+    Ok(Json(
+        st.store
+            .list_builds(&f)
+            .await?
+            .into_iter()
+            .map(settled)
+            .collect(),
+    ))
+}
+
+/// A build that ended while its state still said a step was running was
+/// ended by another master (its own died, or lost its claim): it says so
+/// instead of the step it never finished.
+fn settled(mut b: BuildInfo) -> BuildInfo {
+    if let (Some(_), Some(results)) = (b.complete_at, b.results)
+        && (b.state_string.starts_with("running ") || b.state_string == "starting")
+    {
+        b.state_string = format!("{results} (interrupted)");
+    }
+    b
 }
 
 pub async fn build(State(st): St, Path(id): Path<String>) -> ApiResult<Json<BuildInfo>> {
@@ -245,7 +264,7 @@ pub async fn build(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Buil
     st.store
         .get_build(id)
         .await?
-        .map(Json)
+        .map(|b| Json(settled(b)))
         .ok_or_else(|| ApiError::NotFound(format!("no build {id}")))
 }
 

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
+use super::limits;
 use crate::runtime::MasterState;
 use crate::schedulers::{SchedCtx, StartError, TryRequest, buildsets};
 
@@ -52,6 +53,18 @@ pub async fn try_build(
         .map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if !(0..=32).contains(&t.patch_level) {
         return Err(ApiError::BadRequest("patch_level must be 0..=32".into()));
+    }
+    for (field, value, max) in [
+        ("baserev", t.baserev.as_deref(), limits::NAME),
+        ("branch", t.branch.as_deref(), limits::NAME),
+        ("repository", t.repository.as_deref(), limits::REPOSITORY),
+        ("author", Some(t.author.as_str()), limits::NAME),
+    ] {
+        limits::check(field, value, max)?;
+    }
+    // An unknown builder is a missing object, as for `force`: 404.
+    if let Some(b) = t.builders.iter().find(|b| st.config.builder(b).is_none()) {
+        return Err(ApiError::NotFound(format!("no builder named {b:?}")));
     }
     let req = TryRequest {
         builders: t.builders,

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
+use super::limits;
 use crate::db::{NewBuildset, NewChange, SourceStamp};
 use crate::runtime::MasterState;
 
@@ -52,6 +53,11 @@ pub async fn force(
         .get(&f.builder)
         .ok_or_else(|| ApiError::NotFound(format!("no builder named {:?}", f.builder)))?;
     let priority = f.priority.unwrap_or(0);
+    limits::check("branch", f.branch.as_deref(), limits::NAME)?;
+    limits::check("revision", f.revision.as_deref(), limits::NAME)?;
+    limits::check("project", f.project.as_deref(), limits::NAME)?;
+    limits::check("repository", f.repository.as_deref(), limits::REPOSITORY)?;
+    limits::check("reason", f.reason.as_deref(), limits::REASON)?;
     let bs = NewBuildset {
         reason: f.reason.unwrap_or_else(|| "forced".to_owned()),
         scheduler: Some("force".to_owned()),
@@ -118,6 +124,7 @@ pub async fn changes(
         category: c.category,
         when: None,
     };
+    limits::check_change(&change)?;
     let change_id = st.store.add_change(&change).await?;
     crate::schedulers::on_change(change_id);
     Ok(Json(json!({"change_id": change_id, "buildsets": []})))

@@ -193,11 +193,13 @@ impl BuildCtx<'_> {
         let mut overall = Results::Success;
         let mut halted = false;
         let mut aborted = None;
+        let mut failed_step: Option<String> = None;
         for (step, &step_id) in builder.steps.iter().zip(&step_ids) {
             if halted || aborted.is_some() {
                 retry_transient(|| store.finish_step(step_id, Results::Skipped, "skipped")).await?;
                 continue;
             }
+            show_state(store, build.id, &format!("running {}", step.name)).await;
             retry_transient(|| store.start_step(step_id)).await?;
             let log_id = retry_transient(|| store.create_log(step_id, "stdio")).await?;
             let outcome = self
@@ -206,6 +208,11 @@ impl BuildCtx<'_> {
             retry_transient(|| store.finish_step(step_id, outcome.results, &outcome.state)).await?;
             if outcome.results != Results::Skipped {
                 overall = overall.worst(outcome.results);
+            }
+            if failed_step.is_none()
+                && matches!(outcome.results, Results::Failure | Results::Exception)
+            {
+                failed_step = Some(step.name.clone());
             }
             if matches!(outcome.results, Results::Failure | Results::Exception)
                 && step.halt_on_failure
@@ -249,6 +256,12 @@ impl BuildCtx<'_> {
                 Results::Retry
             }
         };
+        show_state(
+            store,
+            build.id,
+            &build_summary(result, failed_step.as_deref()),
+        )
+        .await;
         metrics::gauge!(crate::metrics::RUNNING_BUILDS).decrement(1.0);
         metrics::histogram!(crate::metrics::BUILD_DURATION, "builder" => details.builder.clone(), "results" => result.name())
             .record(started.elapsed().as_secs_f64());
@@ -473,6 +486,28 @@ impl BuildCtx<'_> {
     }
 }
 
+/// Records the build's one-line state (`running <step>`, then its result).
+/// It is for people: one short attempt, and a failure is only logged, so a
+/// database that is away never delays or fails the build over it.
+async fn show_state(store: &crate::db::Store, build_id: i64, state: &str) {
+    let attempt = crate::db::within(
+        Duration::from_secs(2),
+        store.set_build_state(build_id, state),
+    );
+    if let Err(e) = attempt.await {
+        tracing::debug!(error = %e, build = build_id, state, "could not record the build's state");
+    }
+}
+
+/// The build's one-line state once it ended: its result, and the first
+/// step that failed.
+fn build_summary(result: Results, failed_step: Option<&str>) -> String {
+    match (result, failed_step) {
+        (Results::Failure | Results::Exception, Some(step)) => format!("{result} in {step}"),
+        _ => result.to_string(),
+    }
+}
+
 /// When a command's end was not confirmed (its gateway link closed or went
 /// silent, or its worker ignored an interrupt), the request must not go back
 /// to the queue before the gateway has fenced this master's link and
@@ -513,7 +548,7 @@ fn exit_outcome(exit: &CommandExit) -> StepOutcome {
     }
 }
 
-/// The environment every step gets (CONTRACT.md), plus the builder's own.
+/// The environment every step gets (docs/configuration.md), plus the builder's own.
 fn step_env(
     st: &MasterState,
     req: &RequestDetails,

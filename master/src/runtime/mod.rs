@@ -279,6 +279,18 @@ pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterEr
 
     shutdown.graceful.cancelled().await;
     state.draining.store(true, Ordering::SeqCst);
+    // Recorded so that every master's API and dashboard show the drain.
+    // Bounded: a database that is down must not hold up the drain itself.
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        store.set_draining(state.master_id(), true),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not record draining in the database"),
+        Err(_) => tracing::warn!("recording draining in the database timed out"),
+    }
     state.wake.notify_waiters();
     drain_running(&state).await;
     claim_stop.cancel();

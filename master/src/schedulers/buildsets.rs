@@ -96,7 +96,7 @@ async fn created(
     ids: Vec<i64>,
 ) -> Result<Created, DbError> {
     tracing::info!(scheduler = %s.name, buildset = buildset_id, requests = ?ids, "buildset created");
-    metrics::counter!("flotilla_scheduler_buildsets_total", "scheduler" => s.name.clone())
+    metrics::counter!(crate::metrics::SCHEDULER_BUILDSETS, "scheduler" => s.name.clone())
         .increment(1);
     // A triggered buildset is waited for by its parent: never collapse for it.
     let collapsible = bs.parent_buildid.is_none();
