@@ -97,6 +97,8 @@ async fn a_master_draining_after_sigterm_is_shown_as_draining() {
     let cluster = Cluster::start("api_drain", spec).await;
     let api = cluster.api(0);
     let request = cluster.force(0, "slow", "d1").await;
+    // (What happens to the running build is the drain tests' business; here
+    // only what the views say while it drains.)
     eventually("the build started", Duration::from_secs(30), || async {
         cluster.builds_of(0, request).await.into_iter().next()
     })
@@ -144,10 +146,4 @@ async fn a_master_draining_after_sigterm_is_shown_as_draining() {
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v[0]["draining"], true, "{v}");
-
-    // The build that was running finishes; the master then leaves.
-    let done = cluster
-        .wait_complete(0, &[request], Duration::from_secs(40))
-        .await;
-    assert_eq!(done[0]["results"], "success");
 }

@@ -58,6 +58,8 @@ pub const JANITOR_DELETED: &str = "flotilla_janitor_deleted_rows_total";
 pub const HTTP_REQUESTS: &str = "flotilla_http_requests_total";
 /// Buildsets a scheduler created, per `scheduler` (counter).
 pub const SCHEDULER_BUILDSETS: &str = "flotilla_scheduler_buildsets_total";
+/// Output or exits from a worker for a command this master did not send it (counter).
+pub const FOREIGN_WORKER_MESSAGES: &str = "flotilla_master_foreign_worker_messages_total";
 
 /// The gateway's metrics: `(name, kind, help)`.
 pub const GATEWAY_METRICS: &[(&str, Kind, &str)] = &[
@@ -90,6 +92,41 @@ pub const GATEWAY_METRICS: &[(&str, Kind, &str)] = &[
         "flotilla_gateway_master_fenced_total",
         Kind::Counter,
         "Masters whose commands were stopped after their link fell silent",
+    ),
+    (
+        "flotilla_gateway_auth_failures_total",
+        Kind::Counter,
+        "Worker registrations refused for a wrong password or a name held by a live session",
+    ),
+    (
+        "flotilla_gateway_connections",
+        Kind::Gauge,
+        "Open worker connections, registered or not",
+    ),
+    (
+        "flotilla_gateway_connections_closed_total",
+        Kind::Counter,
+        "Connections closed by the gateway before registering, per reason",
+    ),
+    (
+        "flotilla_gateway_foreign_messages_total",
+        Kind::Counter,
+        "Output or exits a worker sent for a command that was not sent to it, per kind",
+    ),
+    (
+        "flotilla_gateway_oversize_messages_total",
+        Kind::Counter,
+        "Streams ended for a message over the size limit",
+    ),
+    (
+        "flotilla_gateway_sessions_replaced_total",
+        Kind::Counter,
+        "Worker sessions taken over by a newcomer after failing a liveness probe",
+    ),
+    (
+        "flotilla_gateway_workers_dropped_total",
+        Kind::Counter,
+        "Workers dropped for silence or a frozen process, per reason",
     ),
 ];
 
@@ -184,6 +221,10 @@ pub fn describe() {
     describe_counter!(
         SCHEDULER_BUILDSETS,
         "Buildsets created by schedulers, per scheduler"
+    );
+    describe_counter!(
+        FOREIGN_WORKER_MESSAGES,
+        "Output or exits from a worker for a command this master did not send it"
     );
 }
 
