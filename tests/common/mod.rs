@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod cluster;
 pub mod database;
+pub mod galera;
 pub mod ledger;
 pub mod mariadb;
 pub mod metrics_text;

@@ -47,6 +47,21 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(None);
             }
+            // The lock above holds on this database node only. Writing the
+            // claim's row (a start renews the lease) makes a release of the
+            // claim committed meanwhile on another Galera node conflict with
+            // this start at certification, so they cannot both commit; on
+            // one server the lock already keeps them apart.
+            let sql = format!(
+                "UPDATE buildrequests SET claimed_at = {} \
+                 WHERE id = ? AND claimed_by_masterid = ? AND complete = 0",
+                d.now()
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(request_id)
+                .bind(me)
+                .execute(&mut *tx)
+                .await?;
             // A replay (the first attempt committed but its answer was lost)
             // finds the build it made: a master runs one build per request.
             let sql = "SELECT id, number, started_at FROM builds \
