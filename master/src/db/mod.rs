@@ -241,9 +241,18 @@ impl Store {
                 .connect_with(opts)
                 .await
                 .map_err(DbError::from_connect)?;
+            // On Galera a transaction aborted by another node's write set
+            // while the server works through a multi-statement request can
+            // end as if it had committed (seen here: the script answered
+            // with its outcome, its writes were gone). Statement by
+            // statement, the abort is the answer to the next statement.
+            let galera = is_galera(&pool).await;
+            if galera {
+                tracing::info!("the database is a Galera node: transactions run statement by statement");
+            }
             return Ok(Store {
                 pool: Pool::MySql(pool),
-                scripts: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                scripts: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(!galera)),
             });
         }
         if is_sqlite_url(url) {
@@ -340,6 +349,15 @@ impl Store {
             Ok(utc(row.try_get::<NaiveDateTime, _>("now")?))
         })
     }
+}
+
+/// Whether the server is a node of a Galera cluster (`wsrep_on`; MySQL
+/// has no such variable).
+async fn is_galera(pool: &MySqlPool) -> bool {
+    sqlx::query_scalar::<_, i64>("SELECT @@wsrep_on")
+        .fetch_one(pool)
+        .await
+        .is_ok_and(|on| on == 1)
 }
 
 /// Every MySQL session of a master, pooled or not: UTC, READ COMMITTED, and
