@@ -3,7 +3,8 @@
 //! writes from two nodes are settled at commit by certification.
 //!
 //! - Store level: requests of one buildset completed at the same moment on
-//!   three nodes (one-trip scripts and stepwise), and limited claims made at
+//!   three nodes (on Galera every transaction runs statement by statement:
+//!   see `is_galera` in the store), and limited claims made at
 //!   the same moment on three nodes. Decided by reading sibling requests (the
 //!   code before the written counts), both go wrong here: a buildset stays
 //!   open with all its requests complete, two nodes each see room under
@@ -168,8 +169,16 @@ async fn completions_and_limited_claims_on_three_nodes() {
                     .unwrap();
                     let mut stats = String::new();
                     for n in 0..3 {
-                        for v in ["wsrep_local_bf_aborts", "wsrep_local_cert_failures", "wsrep_local_replays"] {
-                            stats.push_str(&format!("node{} {v}={:?} ", n + 1, g.status(n, v).await));
+                        for v in [
+                            "wsrep_local_bf_aborts",
+                            "wsrep_local_cert_failures",
+                            "wsrep_local_replays",
+                        ] {
+                            stats.push_str(&format!(
+                                "node{} {v}={:?} ",
+                                n + 1,
+                                g.status(n, v).await
+                            ));
                         }
                     }
                     panic!(

@@ -248,7 +248,9 @@ impl Store {
             // statement, the abort is the answer to the next statement.
             let galera = is_galera(&pool).await;
             if galera {
-                tracing::info!("the database is a Galera node: transactions run statement by statement");
+                tracing::info!(
+                    "the database is a Galera node: transactions run statement by statement"
+                );
             }
             return Ok(Store {
                 pool: Pool::MySql(pool),
