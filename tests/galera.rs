@@ -9,6 +9,8 @@
 //!   code before the written counts), both go wrong here: a buildset stays
 //!   open with all its requests complete, two nodes each see room under
 //!   `max_concurrent_builds`.
+//! - The claim race: six stores, two per node, pick, claim and complete one
+//!   builder's requests until none is left: each completed exactly once.
 //! - Process level: three masters, each on its own node, build upstream
 //!   buildsets of three requests whose completions land on different nodes,
 //!   a dependent scheduler waiting on them, and a limited builder, while one
@@ -309,6 +311,146 @@ async fn completions_and_limited_claims_on_three_nodes() {
     )
     .await;
     assert_eq!(counts, 0, "claimed counts back at zero");
+}
+
+/// Retries a store call while it fails transiently (a certification
+/// conflict that outlasted the store's own retries); counts those.
+macro_rules! retrying {
+    ($errors:expr, $call:expr) => {
+        loop {
+            match $call.await {
+                Ok(v) => break v,
+                Err(e) if e.is_transient() => {
+                    $errors += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("store error: {e}"),
+            }
+        }
+    };
+}
+
+/// The claim race on three nodes: two stores per node pick, claim and
+/// complete batches of one builder's requests (buildsets of three, so their
+/// completions land on different nodes) until none is left. Each request is
+/// completed exactly once, every buildset completes, the counts end at zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claim_race_on_three_nodes() {
+    const BUILDSETS: usize = 200;
+    let _serial = SERIAL.lock().await;
+    let g = Galera::start().await;
+    let db = g.create_database("galera_race").await;
+    let setup = Store::connect(&g.url(0, &db)).await.unwrap();
+    setup.upgrade().await.unwrap();
+    let race = setup.ensure_builders(&["race".to_owned()]).await.unwrap()["race"];
+    let mut all = Vec::new();
+    for n in 0..BUILDSETS {
+        let (_, ids) = setup
+            .add_buildset(&NewBuildset {
+                reason: format!("race {n}"),
+                builders: vec![(race, 0); 3],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        all.extend(ids);
+    }
+    // Every node has every request before the race starts.
+    let mut c = synced_conn(&g, 2, &db).await;
+    assert_eq!(
+        scalar(
+            &mut c,
+            "SELECT COUNT(*) FROM buildrequests WHERE complete = 0"
+        )
+        .await,
+        all.len() as i64
+    );
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..6 {
+        let node = k % 3;
+        let url = g.url(node, &db);
+        tasks.push(tokio::spawn(async move {
+            let s = Store::connect_with(&url, 2).await.unwrap();
+            let me = s.register_master(&format!("racer{k}")).await.unwrap().id;
+            let (mut done, mut errors, mut idle) = (Vec::new(), 0usize, 0);
+            loop {
+                let won = retrying!(errors, s.pick_and_claim_per_builder(me, &[(race, 4)]));
+                if won.is_empty() {
+                    idle += 1;
+                    let left = retrying!(
+                        errors,
+                        s.list_requests(&flotilla_master::db::RequestFilter {
+                            complete: Some(false),
+                            limit: 1,
+                            ..Default::default()
+                        })
+                    );
+                    if left.is_empty() && idle > 3 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                idle = 0;
+                let ids: Vec<i64> = won.iter().map(|(id, _)| *id).collect();
+                let completed = retrying!(errors, s.complete_requests(me, &ids, Results::Success));
+                assert_eq!(
+                    completed.len(),
+                    ids.len(),
+                    "racer{k}: a claim won was not ours to complete"
+                );
+                done.extend(completed);
+            }
+            s.close().await;
+            (done, errors)
+        }));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (done, e) = t.await.unwrap();
+        errors += e;
+        for id in done {
+            assert!(seen.insert(id), "request {id} completed twice");
+        }
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(
+        seen,
+        all.iter().copied().collect(),
+        "every request completed once"
+    );
+    let mut c = synced_conn(&g, 1, &db).await;
+    assert_eq!(
+        scalar(&mut c, "SELECT COUNT(*) FROM buildsets WHERE complete = 0").await,
+        0,
+        "every buildset complete"
+    );
+    assert_eq!(
+        scalar(
+            &mut c,
+            "SELECT CAST((SELECT COALESCE(SUM(ABS(claimed_requests)), 0) FROM builders) + \
+             (SELECT COALESCE(SUM(ABS(open_requests)), 0) FROM buildsets) AS SIGNED)"
+        )
+        .await,
+        0,
+        "the written counts are back at zero"
+    );
+    let mut cert = String::new();
+    for n in 0..3 {
+        cert.push_str(&format!(
+            " node{}: {:?}",
+            n + 1,
+            g.status(n, "wsrep_local_cert_failures").await
+        ));
+    }
+    println!(
+        "6 stores on 3 nodes completed {} requests in {elapsed:.2?} ({:.0}/s); \
+         {errors} transient errors past the store's retries; certification failures{cert}",
+        all.len(),
+        all.len() as f64 / elapsed.as_secs_f64()
+    );
 }
 
 /// Three masters, each on its own Galera node, with one gateway and workers.
