@@ -168,6 +168,14 @@ impl Galera {
         if bootstrap {
             cmd.arg("--wsrep-new-cluster");
         }
+        // Every statement each node runs, for hunting a failure (the
+        // cluster's folder is then kept: its path is printed).
+        if std::env::var_os("FLOTILLA_GALERA_GENERAL_LOG").is_some() {
+            cmd.arg("--general-log=1").arg(format!(
+                "--general-log-file={}",
+                n.dir.join("general.log").display()
+            ));
+        }
         let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
@@ -254,6 +262,10 @@ impl Galera {
 
 impl Drop for Galera {
     fn drop(&mut self) {
+        if std::env::var_os("FLOTILLA_GALERA_GENERAL_LOG").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("Galera folders kept in {}", kept.keep().display());
+        }
         for n in &mut self.nodes {
             if let Some(mut child) = n.child.take() {
                 let _ = child.kill();
