@@ -39,7 +39,8 @@ pub fn builder_name(prefix: &str, i: usize) -> String {
 }
 
 /// Adds `count` pending requests spread round-robin over `builder_ids`, each
-/// in its own buildset; returns the new request ids in id order.
+/// in its own buildset (its count of open requests 1); returns the new
+/// request ids in id order.
 pub async fn pending(db: &BenchDb, builder_ids: &[i64], count: usize) -> anyhow::Result<Vec<i64>> {
     anyhow::ensure!(!builder_ids.is_empty() && count > 0, "nothing to seed");
     let mut tx = db.pool.begin().await?;
@@ -50,8 +51,8 @@ pub async fn pending(db: &BenchDb, builder_ids: &[i64], count: usize) -> anyhow:
         .fetch_one(&mut *tx)
         .await?;
     let sql = format!(
-        "INSERT INTO buildsets (reason, submitted_at, complete, scheduler) \
-         SELECT CONCAT('bench ', seq), NOW(6), 0, 'bench' FROM seq_1_to_{count}"
+        "INSERT INTO buildsets (reason, submitted_at, complete, scheduler, open_requests) \
+         SELECT CONCAT('bench ', seq), NOW(6), 0, 'bench', 1 FROM seq_1_to_{count}"
     );
     sqlx::query(AssertSqlSafe(sql))
         .execute(&mut *tx)

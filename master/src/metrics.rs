@@ -46,6 +46,12 @@ pub const BUILDS_FINISHED: &str = "flotilla_builds_finished_total";
 pub const CONNECTED_WORKERS: &str = "flotilla_connected_workers";
 /// Database operations of the background loops that failed (counter).
 pub const DATABASE_ERRORS: &str = "flotilla_database_errors_total";
+/// Write transactions run again because the database aborted or refused
+/// them, per `reason`: `deadlock` (1213: a deadlock victim, or on Galera a
+/// certification failure, also at `COMMIT`), `lock_wait_timeout`,
+/// `node_not_ready` (1047: a Galera node outside the primary component),
+/// `busy` (SQLite) (counter).
+pub const DATABASE_RETRIES: &str = "flotilla_database_retries_total";
 /// Times the database became reachable again after failing (counter).
 pub const DATABASE_RECONNECTS: &str = "flotilla_database_reconnects_total";
 /// Build stop requests this master acted on (counter).
@@ -210,6 +216,10 @@ pub fn describe() {
     describe_counter!(
         DATABASE_RECONNECTS,
         "Times the database became reachable again after failing"
+    );
+    describe_counter!(
+        DATABASE_RETRIES,
+        "Write transactions run again after the database aborted or refused them (deadlock or Galera certification, lock wait timeout, Galera node not ready, SQLite busy)"
     );
     describe_counter!(BUILDS_STOPPED, "Build stop requests this master acted on");
     describe_counter!(JANITOR_RUNS, "Janitor runs finished on this master");

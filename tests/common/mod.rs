@@ -9,6 +9,7 @@ pub mod bad_worker;
 pub mod browser;
 pub mod cluster;
 pub mod database;
+pub mod galera;
 pub mod ledger;
 pub mod mariadb;
 pub mod metrics_text;

@@ -50,6 +50,12 @@ pub struct Args {
     /// Small sizes, for CI.
     #[arg(long)]
     quick: bool,
+    /// Server URLs of the nodes of a Galera cluster (comma-separated, e.g.
+    /// `mysql://root@127.0.0.1:4001,...`; `--mysql` names one of them and
+    /// creates the database): master i and baseline connection pool i use
+    /// node i mod n, so each master is on its own node.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -72,6 +78,9 @@ struct MasterTally {
     /// Calls to `complete_requests`, and their total time.
     completes: u64,
     complete_time: Duration,
+    /// Store calls that failed transiently past the store's own retries
+    /// (certification conflicts on Galera), tried again.
+    transient_errors: u64,
 }
 
 pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
@@ -92,6 +101,11 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
         a.db_rtt_ms.is_finite() && a.db_rtt_ms >= 0.0,
         "--db-rtt-ms must be a non-negative number"
     );
+    anyhow::ensure!(
+        a.nodes.is_empty() || a.db_rtt_ms == 0.0,
+        "--nodes and --db-rtt-ms do not combine"
+    );
+    report.set("nodes", a.nodes.len().max(1));
     // Where the competing stores and the bare baseline connect.
     let url = if a.db_rtt_ms > 0.0 {
         let one_way = Duration::from_secs_f64(a.db_rtt_ms / 2000.0);
@@ -114,8 +128,12 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
 
     // Real claim code.
     let mut stores = Vec::new();
+    let url_of = |i: usize| match a.nodes.len() {
+        0 => url.clone(),
+        n => format!("{}/{}", a.nodes[i % n].trim_end_matches('/'), db.name),
+    };
     for i in 0..a.masters {
-        let store = Store::connect_with(&url, a.pool).await?;
+        let store = Store::connect_with(&url_of(i), a.pool).await?;
         let me = store.register_master(&format!("bench-m{i}")).await?;
         stores.push((store, me.id));
     }
@@ -143,8 +161,8 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     let raw_ids = Arc::new(raw_ids);
     let next = Arc::new(AtomicUsize::new(0));
     let mut pools = Vec::new();
-    for _ in 0..a.masters {
-        pools.push(raw_pool(&url, a.pool).await?);
+    for i in 0..a.masters {
+        pools.push(raw_pool(&url_of(i), a.pool).await?);
     }
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -227,6 +245,10 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
         "lost_races",
         tallies.iter().map(|t| t.lost_races).sum::<u64>(),
     );
+    report.set(
+        "transient_errors",
+        tallies.iter().map(|t| t.transient_errors).sum::<u64>(),
+    );
     report.set("completed_exactly_once", exactly_once);
     report.set("raw_per_sec", raw_rate.round());
     report.set("ratio", round3(real_rate / raw_rate));
@@ -263,14 +285,22 @@ async fn claim_until_empty(
     let mut tally = MasterTally::default();
     loop {
         let t = Instant::now();
-        let won: Vec<i64> = match pick {
+        let picked = match pick {
             Pick::PerBuilder => store
                 .pick_and_claim_per_builder(me, &[(builder, batch)])
-                .await?
-                .into_iter()
-                .map(|(id, _)| id)
-                .collect(),
-            Pick::Merged => store.pick_and_claim(me, &[builder], batch).await?,
+                .await
+                .map(|won| won.into_iter().map(|(id, _)| id).collect()),
+            Pick::Merged => store.pick_and_claim(me, &[builder], batch).await,
+        };
+        let won: Vec<i64> = match picked {
+            Ok(won) => won,
+            // A conflict that outlasted the store's retries (on Galera, a
+            // certification failure): as the claim loop does, try again.
+            Err(e) if e.is_transient() => {
+                tally.transient_errors += 1;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
         tally.picks += 1;
         tally.pick_time += t.elapsed();
@@ -290,7 +320,13 @@ async fn claim_until_empty(
             continue;
         }
         let t = Instant::now();
-        let done = store.complete_requests(me, &won, Results::Success).await?;
+        let done = loop {
+            match store.complete_requests(me, &won, Results::Success).await {
+                Ok(done) => break done,
+                Err(e) if e.is_transient() => tally.transient_errors += 1,
+                Err(e) => return Err(e.into()),
+            }
+        };
         tally.completes += 1;
         tally.complete_time += t.elapsed();
         if done.len() != won.len() {

@@ -2,11 +2,12 @@
 //! request's claim: a master that lost the claim can neither start a build
 //! for it nor record its outcome.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use sqlx::AssertSqlSafe;
 
-use super::buildset_finish::{finish_buildsets, lock_open_buildsets};
+use super::buildset_finish::count_down_buildsets;
+use super::claims::count_claims;
 use super::error::is_unique_violation;
 use super::rows::{DbRow, InsertId};
 use super::{BeginWrite, BuildRow, DbError, MasterId, Results, Store, mysql_script};
@@ -46,6 +47,21 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(None);
             }
+            // The lock above holds on this database node only. Writing the
+            // claim's row (a start renews the lease) makes a release of the
+            // claim committed meanwhile on another Galera node conflict with
+            // this start at certification, so they cannot both commit; on
+            // one server the lock already keeps them apart.
+            let sql = format!(
+                "UPDATE buildrequests SET claimed_at = {} \
+                 WHERE id = ? AND claimed_by_masterid = ? AND complete = 0",
+                d.now()
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(request_id)
+                .bind(me)
+                .execute(&mut *tx)
+                .await?;
             // A replay (the first attempt committed but its answer was lost)
             // finds the build it made: a master runs one build per request.
             let sql = "SELECT id, number, started_at FROM builds \
@@ -151,7 +167,6 @@ impl Store {
             let build_results = match held {
                 None => Results::Retry,
                 Some(bs) if complete_request => {
-                    let open = lock_open_buildsets!(tx, d, BTreeSet::from([bs]));
                     let sql = format!(
                         "UPDATE buildrequests SET complete = 1, results = ?, complete_at = {} \
                          WHERE id = ? AND claimed_by_masterid = ? AND complete = 0",
@@ -163,7 +178,8 @@ impl Store {
                         .bind(me)
                         .execute(&mut *tx)
                         .await?;
-                    finish_buildsets!(tx, d, open);
+                    count_down_buildsets!(tx, d, &BTreeMap::from([(bs, 1)]), results);
+                    count_claims!(tx, &[request_id], -1);
                     results
                 }
                 Some(_) => {
@@ -175,6 +191,7 @@ impl Store {
                     .bind(me)
                     .execute(&mut *tx)
                     .await?;
+                    count_claims!(tx, &[request_id], -1);
                     results
                 }
             };

@@ -2,97 +2,69 @@
 //! with the worst of its requests' results (Buildbot's ranking, see
 //! [`Results::rank`]).
 //!
-//! Completing a request must lock its open buildset *before* looking at the
-//! buildset's other requests: two masters finishing the last two requests of
-//! one buildset then queue on that lock, and the second sees the first's
-//! committed completion (READ COMMITTED reads afresh per statement) instead
-//! of both missing it.
+//! The decision is a written count, never a read of the sibling requests:
+//! each buildset row carries `open_requests` (set when its requests are
+//! inserted) and `worst_rank` (the worst rank completed so far). The
+//! transaction that completes requests counts them down on the buildset row
+//! and, in the same `UPDATE`, completes the buildset when the count reaches
+//! zero. Two masters completing the last two requests of one buildset both
+//! write that row: on one server the second waits for the first's row lock
+//! and reads its count (a locking read sees the latest commit); on Galera
+//! the two write sets conflict on the row and certification aborts one,
+//! which is retried and then sees the other's count. Reading the siblings
+//! instead would let both see the other still open on two nodes, write
+//! different rows, both certify, and leave the buildset open for ever.
 
 use super::Results;
 
-/// In an open write transaction `$tx`, lock the buildset rows `$bsids` that
-/// are still open, in id order, and evaluate to that set.
-macro_rules! lock_open_buildsets {
-    ($tx:expr, $d:expr, $bsids:expr) => {{
-        let bsids: std::collections::BTreeSet<i64> = $bsids;
-        let sql = format!(
-            "SELECT id FROM buildsets WHERE id = ? AND complete = 0{}",
-            $d.for_update()
-        );
-        let mut open = std::collections::BTreeSet::new();
-        for bs in bsids {
-            let row: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+/// `UPDATE buildsets` for `n` requests of the buildset(s) matching `which`
+/// (a condition) that just completed with results of rank `rank`: counts
+/// them down and, when they were the last, completes the buildset with the
+/// worst results. Every expression reads only the columns' old values, so
+/// the outcome does not depend on the order the server assigns them in
+/// (SQLite and MariaDB's SIMULTANEOUS_ASSIGNMENT read old values; MySQL
+/// assigns left to right, and the counted columns come last).
+pub(crate) fn count_down_sql(n: i64, rank: u8, now: &str, which: &str) -> String {
+    let worst = format!("CASE WHEN worst_rank > {rank} THEN worst_rank ELSE {rank} END");
+    let last = format!("open_requests <= {n}");
+    format!(
+        "UPDATE buildsets SET \
+         complete = CASE WHEN {last} THEN 1 ELSE 0 END, \
+         complete_at = CASE WHEN {last} THEN {now} ELSE NULL END, \
+         results = CASE WHEN {last} THEN {code} ELSE NULL END, \
+         worst_rank = {worst}, open_requests = open_requests - {n} \
+         WHERE {which} AND complete = 0",
+        code = rank_to_code(&worst),
+    )
+}
+
+/// In an open write transaction `$tx`, count down the buildsets of the
+/// requests just completed there with `$results`: `$done` maps each
+/// buildset id to how many of its requests this transaction completed.
+/// Buildsets are written in id order.
+macro_rules! count_down_buildsets {
+    ($tx:expr, $d:expr, $done:expr, $results:expr) => {{
+        let done: &std::collections::BTreeMap<i64, i64> = $done;
+        let results: $crate::db::Results = $results;
+        for (bs, n) in done {
+            let sql =
+                $crate::db::buildset_finish::count_down_sql(*n, results.rank(), $d.now(), "id = ?");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(bs)
-                .fetch_optional(&mut *$tx)
+                .execute(&mut *$tx)
                 .await?;
-            open.extend(row);
-        }
-        open
-    }};
-}
-pub(crate) use lock_open_buildsets;
-
-/// In an open write transaction `$tx`, complete the buildsets among `$open`
-/// (locked by [`lock_open_buildsets`]) whose requests are now all complete,
-/// with the worst of their results: one query finds them, one update each.
-macro_rules! finish_buildsets {
-    ($tx:expr, $d:expr, $open:expr) => {{
-        let open: std::collections::BTreeSet<i64> = $open;
-        if !open.is_empty() {
-            let sql = $crate::db::buildset_finish::finishable_sql(
-                &$crate::db::dialect::placeholders(open.len()),
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for bs in &open {
-                q = q.bind(bs);
-            }
-            let rows = q.fetch_all(&mut *$tx).await?;
-            let update = format!(
-                "UPDATE buildsets SET complete = 1, complete_at = {}, results = ? \
-                 WHERE id = ? AND complete = 0",
-                $d.now()
-            );
-            for r in &rows {
-                sqlx::query(sqlx::AssertSqlSafe(update.clone()))
-                    .bind($crate::db::rows::DbRow::i64(r, "worst")?)
-                    .bind($crate::db::rows::DbRow::i64(r, "id")?)
-                    .execute(&mut *$tx)
-                    .await?;
-            }
         }
     }};
 }
-pub(crate) use finish_buildsets;
+pub(crate) use count_down_buildsets;
 
-/// An aggregate over the requests `o` of one buildset: the stored code of
-/// their worst results (a request without results counts as Exception).
-fn worst_results_sql() -> String {
-    let exception = Results::Exception;
-    let to_rank: String = Results::ALL
-        .iter()
-        .map(|r| format!(" WHEN {} THEN {}", r.as_i64(), r.rank()))
-        .collect();
-    let to_code: String = Results::ALL
+/// The stored code of the rank `rank` (an SQL expression).
+fn rank_to_code(rank: &str) -> String {
+    let arms: String = Results::ALL
         .iter()
         .map(|r| format!(" WHEN {} THEN {}", r.rank(), r.as_i64()))
         .collect();
-    format!(
-        "CAST(CASE MAX(CASE COALESCE(o.results, {code}){to_rank} ELSE {rank} END){to_code} END AS SIGNED)",
-        code = exception.as_i64(),
-        rank = exception.rank(),
-    )
-}
-
-/// Columns `id`, `worst`: the buildsets among `ids` (an SQL list or
-/// subquery) that are open and whose requests are all complete.
-pub(crate) fn finishable_sql(ids: &str) -> String {
-    format!(
-        "SELECT bs.id AS id, {worst} AS worst FROM buildsets bs \
-         JOIN buildrequests o ON o.buildsetid = bs.id \
-         WHERE bs.id IN ({ids}) AND bs.complete = 0 \
-         GROUP BY bs.id HAVING SUM(CASE WHEN o.complete = 0 THEN 1 ELSE 0 END) = 0",
-        worst = worst_results_sql()
-    )
+    format!("CASE {rank}{arms} ELSE {} END", Results::Exception.as_i64())
 }
 
 #[cfg(test)]
@@ -100,11 +72,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn worst_results_maps_every_code_through_its_rank() {
-        let sql = worst_results_sql();
+    fn rank_to_code_maps_every_rank() {
+        let sql = rank_to_code("r");
         for r in Results::ALL {
-            assert!(sql.contains(&format!("WHEN {} THEN {}", r.as_i64(), r.rank())));
             assert!(sql.contains(&format!("WHEN {} THEN {}", r.rank(), r.as_i64())));
         }
+    }
+
+    #[test]
+    fn the_backfill_ranks_as_results_do() {
+        for sql in [
+            include_str!("../../migrations/mysql/0021_buildsets_open_requests_backfill.sql"),
+            include_str!("../../migrations/sqlite/0021_buildsets_open_requests_backfill.sql"),
+        ] {
+            for r in Results::ALL {
+                assert!(sql.contains(&format!("WHEN {} THEN {}", r.as_i64(), r.rank())));
+            }
+            assert!(sql.contains(&format!(
+                "COALESCE(br.results, {})",
+                Results::Exception.as_i64()
+            )));
+        }
+    }
+
+    #[test]
+    fn count_down_reads_old_values_only_and_counts_last() {
+        let sql = count_down_sql(2, 3, "NOW(6)", "id = ?");
+        let (before, counted) = sql.split_once("worst_rank = CASE").unwrap();
+        assert!(!before.contains("open_requests -"), "{sql}");
+        assert!(
+            counted.contains("open_requests = open_requests - 2"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("WHERE id = ? AND complete = 0"), "{sql}");
     }
 }

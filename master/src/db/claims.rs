@@ -16,17 +16,50 @@
 //! old `claimed_at`; whoever changes the row won it, and also marks the old
 //! owner's unfinished build of that request Retry.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
-use super::buildset_finish::{finish_buildsets, lock_open_buildsets};
+use super::buildset_finish::count_down_buildsets;
 use super::candidates::best_per_builder_sql;
 use super::dialect::placeholders;
 use super::rows::DbRow;
 use super::{BeginWrite, DbError, MasterId, Renewal, Results, Store, mysql_script};
+
+/// In an open write transaction `$tx`, add `$sign` (1 or -1) per request
+/// among `$ids` to its builder's `claimed_requests`. `$ids` must be exactly
+/// the requests whose claim this transaction has just taken or ended
+/// (claimed, unclaimed, released, or completed while claimed). Builder rows
+/// are written in id order.
+macro_rules! count_claims {
+    ($tx:expr, $ids:expr, $sign:expr) => {{
+        let ids: &[i64] = $ids;
+        let sign: i64 = $sign;
+        if !ids.is_empty() {
+            let sql = format!(
+                "SELECT builderid, COUNT(*) AS n FROM buildrequests WHERE id IN ({}) \
+                 GROUP BY builderid ORDER BY builderid",
+                $crate::db::dialect::placeholders(ids.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in ids {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&mut *$tx).await? {
+                sqlx::query(
+                    "UPDATE builders SET claimed_requests = claimed_requests + ? WHERE id = ?",
+                )
+                .bind(sign * $crate::db::rows::DbRow::i64(&r, "n")?)
+                .bind($crate::db::rows::DbRow::i64(&r, "builderid")?)
+                .execute(&mut *$tx)
+                .await?;
+            }
+        }
+    }};
+}
+pub(crate) use count_claims;
 
 /// In an open write transaction `$tx`, claim for `$me` the rows `$ids` that
 /// the caller has just locked; fails if any of them did not change.
@@ -54,6 +87,7 @@ macro_rules! mark_claimed {
             $tx.rollback().await?;
             return Err(e);
         }
+        count_claims!($tx, ids, 1);
     }};
 }
 
@@ -306,6 +340,7 @@ impl Store {
                     q = q.bind(id);
                 }
                 q.bind(me).execute(&mut *tx).await?;
+                count_claims!(tx, &mine, -1);
             }
             tx.commit().await?;
             Ok(mine)
@@ -313,7 +348,8 @@ impl Store {
     }
 
     /// Complete requests `me` holds (fenced); returns those completed now.
-    /// Completes each buildset whose requests are then all complete.
+    /// Counts them down on their buildsets, completing each buildset whose
+    /// count reaches zero, and off their builders' claimed counts.
     pub async fn complete_requests(
         &self,
         me: MasterId,
@@ -344,13 +380,12 @@ impl Store {
             }
             let rows = q.bind(me).fetch_all(&mut *tx).await?;
             let mut done = Vec::with_capacity(rows.len());
-            let mut buildsets = BTreeSet::new();
+            let mut buildsets: BTreeMap<i64, i64> = BTreeMap::new();
             for r in &rows {
                 done.push(r.i64("id")?);
-                buildsets.insert(r.i64("buildsetid")?);
+                *buildsets.entry(r.i64("buildsetid")?).or_default() += 1;
             }
             if !done.is_empty() {
-                let open = lock_open_buildsets!(tx, d, buildsets);
                 let sql = format!(
                     "UPDATE buildrequests SET complete = 1, results = ?, complete_at = {} \
                      WHERE id IN ({}) AND claimed_by_masterid = ? AND complete = 0",
@@ -362,7 +397,8 @@ impl Store {
                     q = q.bind(id);
                 }
                 q.bind(me).execute(&mut *tx).await?;
-                finish_buildsets!(tx, d, open);
+                count_down_buildsets!(tx, d, &buildsets, results);
+                count_claims!(tx, &done, -1);
             }
             tx.commit().await?;
             Ok(done)
@@ -397,7 +433,6 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(false);
             };
-            let open = lock_open_buildsets!(tx, d, BTreeSet::from([bs]));
             let sql = format!(
                 "UPDATE buildrequests SET complete = 1, results = ?, complete_at = {} \
                  WHERE id = ? AND claimed_by_masterid IS NULL AND complete = 0",
@@ -408,7 +443,7 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            finish_buildsets!(tx, d, open);
+            count_down_buildsets!(tx, d, &BTreeMap::from([(bs, 1)]), results);
             tx.commit().await?;
             Ok(true)
         })
@@ -550,6 +585,7 @@ impl Store {
                     .rows_affected()
                     == 1;
                 if won {
+                    count_claims!(tx, &[id], -1);
                     let sql = format!(
                         "UPDATE builds SET complete_at = {}, results = ? \
                          WHERE buildrequestid = ? AND masterid = ? AND complete_at IS NULL",

@@ -51,7 +51,14 @@ mod mysql_codes {
     pub const DB_ACCESS_DENIED: u16 = 1044;
     pub const UNKNOWN_DATABASE: u16 = 1049;
     pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
+    /// Also what Galera answers when certification aborts a transaction
+    /// (a conflicting write set from another node), at `COMMIT` or at any
+    /// statement of a transaction another node's write set pre-empted.
     pub const DEADLOCK: u16 = 1213;
+    /// Galera: "WSREP has not yet prepared node for application use", while
+    /// a node is not part of the primary component (joining, rejoining,
+    /// cut off); nothing was done.
+    pub const WSREP_NOT_READY: u16 = 1047;
     pub const SERVER_SHUTDOWN: u16 = 1053;
     pub const TOO_MANY_CONNECTIONS: u16 = 1040;
     pub const DUP_ENTRY: u16 = 1062;
@@ -102,18 +109,34 @@ impl DbError {
     }
 
     /// The database aborted a transaction over locks (deadlock victim, lock
-    /// wait timeout, SQLite busy): it was rolled back and may simply run again.
+    /// wait timeout, Galera certification failure, SQLite busy) or refused it
+    /// while its Galera node was not ready: it was rolled back (or never
+    /// began) and may simply run again.
     pub fn is_lock_conflict(&self) -> bool {
+        self.conflict_reason().is_some()
+    }
+
+    /// Why the database aborted or refused a transaction that may simply run
+    /// again, as the `reason` label of [`crate::metrics::DATABASE_RETRIES`]:
+    /// `deadlock` (1213: a deadlock victim, or on Galera a certification
+    /// failure), `lock_wait_timeout` (1205), `node_not_ready` (1047, a Galera
+    /// node outside the primary component), `busy` (SQLite).
+    pub fn conflict_reason(&self) -> Option<&'static str> {
         let DbError::Sqlx(sqlx::Error::Database(d)) = self else {
-            return false;
+            return None;
         };
         if let Some(code) = mysql_code(d.as_ref()) {
-            return matches!(code, mysql_codes::DEADLOCK | mysql_codes::LOCK_WAIT_TIMEOUT);
+            return match code {
+                mysql_codes::DEADLOCK => Some("deadlock"),
+                mysql_codes::LOCK_WAIT_TIMEOUT => Some("lock_wait_timeout"),
+                mysql_codes::WSREP_NOT_READY => Some("node_not_ready"),
+                _ => None,
+            };
         }
-        matches!(
-            sqlite_code(d.as_ref()),
-            Some(sqlite_codes::BUSY | sqlite_codes::LOCKED)
-        )
+        match sqlite_code(d.as_ref()) {
+            Some(sqlite_codes::BUSY | sqlite_codes::LOCKED) => Some("busy"),
+            _ => None,
+        }
     }
 
     /// Sort a connection failure into unreachable / access denied / bad URL.
@@ -164,6 +187,7 @@ fn sqlx_is_transient(e: &sqlx::Error) -> bool {
                     code,
                     mysql_codes::DEADLOCK
                         | mysql_codes::LOCK_WAIT_TIMEOUT
+                        | mysql_codes::WSREP_NOT_READY
                         | mysql_codes::SERVER_SHUTDOWN
                         | mysql_codes::TOO_MANY_CONNECTIONS
                 );

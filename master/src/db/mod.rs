@@ -61,9 +61,11 @@ macro_rules! with_pool {
 }
 
 /// As `with_pool!` for a body that is one write transaction returning a
-/// `Result`: run it again when the database aborted it as a deadlock victim or
-/// lock-wait timeout (MySQL) or found the database busy (SQLite). Safe because
-/// such a transaction was rolled back whole.
+/// `Result`: run it again when the database aborted it as a deadlock victim,
+/// lock-wait timeout or Galera certification failure (1213, also at
+/// `COMMIT`), refused it on a Galera node not yet ready (1047), or found the
+/// database busy (SQLite). Safe because such a transaction was rolled back
+/// whole (or never began).
 macro_rules! with_pool_retry {
     ($store:expr, |$pool:ident, $d:ident| $body:expr) => {
         $crate::db::retry_conflicts(|| async move { with_pool!($store, |$pool, $d| $body) }).await
@@ -179,8 +181,15 @@ impl BeginWrite for SqlitePool {
 /// Attempts at a write transaction that keeps losing lock conflicts.
 const CONFLICT_ATTEMPTS: u32 = 5;
 
+/// `wsrep_retry_autocommit` of every session: on Galera the server itself
+/// runs a single-statement transaction again when certification aborts it
+/// (the statements outside explicit transactions — heartbeats, renewals,
+/// compare-and-swaps on one row — are all safe to run again).
+const WSREP_RETRY_AUTOCOMMIT: u32 = 4;
+
 /// Run `f` until it succeeds, fails for another reason than a lock
-/// conflict, or has tried [`CONFLICT_ATTEMPTS`] times.
+/// conflict, or has tried [`CONFLICT_ATTEMPTS`] times. Each retry is
+/// counted in [`crate::metrics::DATABASE_RETRIES`] by reason.
 pub(crate) async fn retry_conflicts<T, F, Fut>(mut f: F) -> Result<T, DbError>
 where
     F: FnMut() -> Fut,
@@ -190,6 +199,9 @@ where
     loop {
         match f().await {
             Err(e) if attempt < CONFLICT_ATTEMPTS && e.is_lock_conflict() => {
+                let reason = e.conflict_reason().unwrap_or("deadlock");
+                metrics::counter!(crate::metrics::DATABASE_RETRIES, "reason" => reason)
+                    .increment(1);
                 tracing::debug!(attempt, error = %e, "retrying transaction after lock conflict");
                 let jitter = rand::random::<u64>() % 5;
                 tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 3 + jitter)).await;
@@ -255,9 +267,20 @@ impl Store {
                 .connect_with(opts)
                 .await
                 .map_err(DbError::from_connect)?;
+            // On Galera a transaction aborted by another node's write set
+            // while the server works through a multi-statement request can
+            // end as if it had committed (seen here: the script answered
+            // with its outcome, its writes were gone). Statement by
+            // statement, the abort is the answer to the next statement.
+            let galera = is_galera(&pool).await;
+            if galera {
+                tracing::info!(
+                    "the database is a Galera node: transactions run statement by statement"
+                );
+            }
             return Ok(Store {
                 pool: Pool::MySql(pool),
-                scripts: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                scripts: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(!galera)),
             });
         }
         if is_sqlite_url(url) {
@@ -356,6 +379,15 @@ impl Store {
     }
 }
 
+/// Whether the server is a node of a Galera cluster (`wsrep_on`; MySQL
+/// has no such variable).
+async fn is_galera(pool: &MySqlPool) -> bool {
+    sqlx::query_scalar::<_, i64>("SELECT @@wsrep_on")
+        .fetch_one(pool)
+        .await
+        .is_ok_and(|on| on == 1)
+}
+
 /// Every MySQL session of a master, pooled or not: UTC, READ COMMITTED, and
 /// bounded lock waits.
 pub(crate) async fn prepare_mysql_session(
@@ -373,6 +405,16 @@ pub(crate) async fn prepare_mysql_session(
         LOCK_WAIT_TIMEOUT.as_secs()
     )))
     .await?;
+    // Galera (MariaDB with wsrep): the server retries single statements
+    // aborted by certification; elsewhere the variable is unknown or inert.
+    if let Err(e) = conn
+        .execute(AssertSqlSafe(format!(
+            "SET SESSION wsrep_retry_autocommit = {WSREP_RETRY_AUTOCOMMIT}"
+        )))
+        .await
+    {
+        tracing::debug!(error = %e, "the server has no wsrep_retry_autocommit");
+    }
     // MariaDB ends a session left idle inside a transaction, which is how
     // the row locks of a master frozen mid-transaction are given back; MySQL
     // lacks the variable (the locks then last until its connection closes).

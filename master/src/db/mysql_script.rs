@@ -15,8 +15,10 @@
 //!
 //! The statements are the same compare-and-swap as the generic path in
 //! `claims`: lock the candidates (`SKIP LOCKED`), then update exactly the
-//! locked rows with the condition repeated; a completion locks the requests
-//! and their buildsets, then updates. If a statement fails the server skips
+//! locked rows with the condition repeated, then count the claims on the
+//! builder rows; a completion updates each request (the fenced
+//! compare-and-swap) and counts it down on its buildset and its builder
+//! (`buildset_finish`). If a statement fails the server skips
 //! the rest of the script; the connection is rolled back before it goes back
 //! to the pool (a lock-wait timeout rolls back only the statement), or closed
 //! if even that fails.
@@ -26,7 +28,7 @@ use std::collections::BTreeMap;
 use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::buildset_finish::finishable_sql;
+use super::buildset_finish::count_down_sql;
 use super::claims::check_claimed;
 use super::{DbError, MasterId, Results};
 
@@ -67,13 +69,6 @@ fn json_column(row: &MySqlRow, col: &str) -> Result<serde_json::Value, DbError> 
     }
 }
 
-fn id_list(ids: &[i64]) -> String {
-    ids.iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// `pick_and_claim_per_builder` on MySQL: for each (builder, max), lock up to
 /// max of its best claimable requests skipping rows others have locked, claim
 /// exactly those for `me` if `me` is still active. (request, builder) pairs.
@@ -106,9 +101,11 @@ pub(crate) async fn pick_and_claim_per_builder(
          WHERE buildrequests.claimed_by_masterid IS NULL AND buildrequests.complete = 0 \
          AND {is_active}; \
          SET @flotilla_claimed = ROW_COUNT(); \
+         {counts}\
          COMMIT; \
          SELECT @flotilla_won AS won, @flotilla_claimed AS claimed",
         is_active = active(me),
+        counts = claim_counts(me, wants),
     );
     let row = run(pool, body)
         .await?
@@ -143,6 +140,8 @@ async fn claim_one(
          WHERE id = @flotilla_id AND claimed_by_masterid IS NULL AND complete = 0 \
          AND {is_active}; \
          SET @flotilla_claimed = ROW_COUNT(); \
+         UPDATE builders SET claimed_requests = claimed_requests + @flotilla_claimed \
+         WHERE id = {builder} AND @flotilla_claimed > 0; \
          COMMIT; \
          SELECT @flotilla_id AS id, @flotilla_claimed AS claimed",
         is_active = active(me),
@@ -157,6 +156,29 @@ async fn claim_one(
         .collect();
     check_claimed(won.len(), claimed_count(&row)?)?;
     Ok(won)
+}
+
+/// Raise each wanted builder's `claimed_requests` by the requests of
+/// `@flotilla_won` the claim `UPDATE` gave to `me` (they were unclaimed
+/// when locked, so those `me` now holds are the ones just claimed); builder
+/// rows in id order, none written when nothing was claimed.
+fn claim_counts(me: MasterId, wants: &[(i64, i64)]) -> String {
+    let mut builders: Vec<i64> = wants.iter().map(|(b, _)| *b).collect();
+    builders.sort_unstable();
+    builders.dedup();
+    builders
+        .iter()
+        .map(|b| {
+            format!(
+                "UPDATE builders SET claimed_requests = claimed_requests + \
+                 (SELECT COUNT(*) FROM buildrequests c \
+                  JOIN JSON_TABLE(@flotilla_won, '$[*]' COLUMNS (id BIGINT PATH '$[0]')) AS w \
+                  ON c.id = w.id \
+                  WHERE c.builderid = {b} AND c.claimed_by_masterid = {me} AND c.complete = 0) \
+                 WHERE id = {b} AND @flotilla_claimed > 0; "
+            )
+        })
+        .collect()
 }
 
 /// The condition that `me` is an active incarnation, for a claim `UPDATE`.
@@ -182,49 +204,52 @@ fn pairs(v: &serde_json::Value) -> Result<Vec<(i64, i64)>, DbError> {
         .collect()
 }
 
-/// Statements completing the requests `me` holds among `ids` with `code`:
-/// lock them with their buildsets, update them (their number in
-/// `@flotilla_completed`; with several ids, which ones in `@flotilla_done`),
-/// then complete the buildsets whose requests are now all complete. Ends
-/// inside the transaction.
-fn completion_statements(me: MasterId, ids: &[i64], code: i64) -> String {
-    let list = id_list(ids);
-    let finishable = finishable_sql(&format!(
-        "SELECT buildsetid FROM buildrequests WHERE id IN ({list}) AND claimed_by_masterid = {me}"
-    ));
-    let lock = format!(
-        "SELECT br.id FROM buildrequests br JOIN buildsets bs ON bs.id = br.buildsetid \
-         WHERE br.id IN ({list}) AND br.claimed_by_masterid = {me} AND br.complete = 0 \
-         FOR UPDATE"
-    );
-    let update = format!(
-        "UPDATE buildrequests SET complete = 1, results = {code}, complete_at = NOW(6) \
-         WHERE id IN ({list}) AND claimed_by_masterid = {me} AND complete = 0; \
-         SET @flotilla_completed = ROW_COUNT(); "
-    );
-    if ids.len() == 1 {
-        // One request has one buildset: scalar variables, no JSON. The
-        // aggregates always give one row, so no variable keeps an old value.
-        return format!(
-            "SELECT COUNT(*) FROM ({lock}) AS mine INTO @flotilla_locked; \
-             {update}\
-             SELECT MIN(id), MIN(worst) FROM ({finishable}) AS f \
-             INTO @flotilla_bs, @flotilla_worst; \
-             UPDATE buildsets SET complete = 1, complete_at = NOW(6), results = @flotilla_worst \
-             WHERE id = @flotilla_bs AND complete = 0; "
+/// Statements completing the requests `me` holds among `ids` with
+/// `results`, ending inside the transaction: each request's `UPDATE`
+/// (whether it changed in `@flotilla_c<i>`, the number in
+/// `@flotilla_completed`), then, for each one completed, the count-down of
+/// its buildset (completing the buildset at zero) and of its builder's
+/// claimed requests. No statement reads a sibling request.
+fn completion_statements(me: MasterId, ids: &[i64], results: Results) -> String {
+    let code = results.as_i64();
+    let mut sql = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        // The aggregates always give one row (NULLs when the request was
+        // not completed here), so no variable keeps an older value.
+        sql += &format!(
+            "UPDATE buildrequests SET complete = 1, results = {code}, complete_at = NOW(6) \
+             WHERE id = {id} AND claimed_by_masterid = {me} AND complete = 0; \
+             SET @flotilla_c{i} = ROW_COUNT(); \
+             SELECT MIN(buildsetid), MIN(builderid) FROM buildrequests \
+             WHERE id = {id} AND @flotilla_c{i} = 1 INTO @flotilla_bs{i}, @flotilla_b{i}; "
         );
     }
-    format!(
-        "SELECT JSON_ARRAYAGG(id) FROM ({lock}) AS mine INTO @flotilla_done; \
-         {update}\
-         SELECT JSON_ARRAYAGG(JSON_ARRAY(id, worst)) FROM ({finishable}) AS f \
-         INTO @flotilla_finish; \
-         UPDATE buildsets \
-         JOIN JSON_TABLE(@flotilla_finish, '$[*]' COLUMNS (id BIGINT PATH '$[0]', \
-         worst BIGINT PATH '$[1]')) AS f ON buildsets.id = f.id \
-         SET buildsets.complete = 1, buildsets.complete_at = NOW(6), buildsets.results = f.worst \
-         WHERE buildsets.complete = 0; "
-    )
+    for i in 0..ids.len() {
+        sql += &count_down_sql(
+            1,
+            results.rank(),
+            "NOW(6)",
+            &format!("id = @flotilla_bs{i}"),
+        );
+        sql += "; ";
+    }
+    for i in 0..ids.len() {
+        sql += &format!(
+            "UPDATE builders SET claimed_requests = claimed_requests - 1 \
+             WHERE id = @flotilla_b{i}; "
+        );
+    }
+    let total: Vec<String> = (0..ids.len()).map(|i| format!("@flotilla_c{i}")).collect();
+    sql += &format!("SET @flotilla_completed = {}; ", total.join(" + "));
+    sql
+}
+
+/// `SELECT` list naming each request's `@flotilla_c<i>` as `c<i>`.
+fn completed_flags(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("@flotilla_c{i} AS c{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `complete_requests` on MySQL: the ids completed now, in order.
@@ -235,33 +260,19 @@ pub(crate) async fn complete_requests(
     results: Results,
 ) -> Result<Vec<i64>, DbError> {
     let body = format!(
-        "{}COMMIT; SELECT @flotilla_completed AS completed, {} AS done",
-        completion_statements(me, ids, results.as_i64()),
-        if ids.len() == 1 {
-            "NULL"
-        } else {
-            "@flotilla_done"
-        }
+        "{}COMMIT; SELECT {}",
+        completion_statements(me, ids, results),
+        completed_flags(ids.len()),
     );
     let row = run(pool, body)
         .await?
         .ok_or_else(|| DbError::Other("completion script returned no outcome".into()))?;
-    if let [id] = ids {
-        let completed: i64 = row.try_get("completed")?;
-        return Ok(if completed == 1 {
-            vec![*id]
-        } else {
-            Vec::new()
-        });
+    let mut done = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        if row.try_get::<Option<i64>, _>(format!("c{i}").as_str())? == Some(1) {
+            done.push(*id);
+        }
     }
-    let done = json_column(&row, "done")?;
-    let bad = || DbError::Other(format!("completion script: unexpected ids {done}"));
-    let mut done: Vec<i64> = done
-        .as_array()
-        .ok_or_else(bad)?
-        .iter()
-        .map(|v| v.as_i64().ok_or_else(bad))
-        .collect::<Result<_, _>>()?;
     done.sort_unstable();
     Ok(done)
 }
@@ -282,7 +293,7 @@ pub(crate) async fn finish_build_completing(
          results = IF(@flotilla_completed = 1, {code}, {retry}) \
          WHERE id = {build_id} AND masterid = {me} AND complete_at IS NULL; \
          COMMIT; SELECT @flotilla_completed AS completed",
-        completion = completion_statements(me, &[request_id], results.as_i64()),
+        completion = completion_statements(me, &[request_id], results),
         code = results.as_i64(),
         retry = Results::Retry.as_i64(),
     );

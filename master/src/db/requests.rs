@@ -56,14 +56,18 @@ macro_rules! insert_buildset {
         let source = b.scheduler.as_deref().unwrap_or_default();
         let sql = format!(
             "INSERT INTO buildsets (external_idstring, reason, submitted_at, complete, \
-             scheduler, parent_buildid) VALUES (?, ?, {}, 0, ?, ?)",
+             scheduler, parent_buildid, open_requests) VALUES (?, ?, {}, 0, ?, ?, ?)",
             $d.now()
         );
+        // The buildset completes when this count of its requests is down to
+        // zero (`buildset_finish`).
+        let open = i64::try_from(b.builders.len()).unwrap_or(i64::MAX);
         let bsid = sqlx::query(AssertSqlSafe(sql))
             .bind(&b.external_idstring)
             .bind(&b.reason)
             .bind(&b.scheduler)
             .bind(b.parent_buildid)
+            .bind(open)
             .execute(&mut *$tx)
             .await?
             .insert_id();
