@@ -112,13 +112,16 @@ pub async fn run(api: &ApiClient, name: &str, timeout: Option<Dur>) -> i32 {
             Err(e @ ClientError::Unauthorized(_)) => return e.report(),
             Err(e) => eprintln!("flotilla: {e}; retrying"),
         }
-        if deadline.is_some_and(|d| Instant::now() + POLL > d) {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
             let left = last.map_or("its".to_owned(), |n| n.to_string());
             eprintln!(
                 "flotilla: drain: timed out waiting for {left} build(s) on {name} to finish or be handed back"
             );
             return exit::FAILED;
         }
-        tokio::time::sleep(POLL).await;
+        // The last look is at the deadline itself.
+        let pause = deadline.map_or(POLL, |d| POLL.min(d - now));
+        tokio::time::sleep(pause).await;
     }
 }
