@@ -955,3 +955,53 @@ fn drain_wait_of_a_master_that_is_not_there_has_nothing_to_wait_for() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+#[tokio::test]
+async fn prestop_of_an_idle_master_returns_once_the_master_has_taken_up_the_drain() {
+    let cluster = Cluster::start("k8s_prestop_idle", sleeper_spec(2, 1, "20s")).await;
+    // Its own API (the preStop case): done as soon as the master itself
+    // drains, well before the settle time.
+    let start = Instant::now();
+    let mut pre = spawn_prestop("m1", &cluster.api(0), None);
+    let code = tokio::task::spawn_blocking(move || {
+        let code = wait_child(&mut pre, Duration::from_secs(30));
+        (code, child_output(pre))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(0), "{}", code.1);
+    assert!(
+        start.elapsed() < Duration::from_secs(14),
+        "{:?}",
+        start.elapsed()
+    );
+    let ready: Value = cluster
+        .http
+        .get(format!("{}/readyz", cluster.api(0)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["draining"], true,
+        "the master had taken up the drain: {ready}"
+    );
+    // Through another master's API it cannot see that, so it waits out the
+    // time a master takes to notice a drain (no claim shows up meanwhile).
+    let start = Instant::now();
+    let mut pre = spawn_prestop("m2", &cluster.api(0), None);
+    let code = tokio::task::spawn_blocking(move || {
+        let code = wait_child(&mut pre, Duration::from_secs(40));
+        (code, child_output(pre))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(0), "{}", code.1);
+    assert!(
+        start.elapsed() >= Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+}

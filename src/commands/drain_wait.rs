@@ -16,6 +16,13 @@ use crate::exit;
 
 /// How often the API is asked while waiting.
 const POLL: Duration = Duration::from_secs(1);
+/// A master sees the drain flag at its next maintenance round (every
+/// `heartbeat_interval`, 5 s by default) and may claim until then. "No build"
+/// counts once the master answering the API, not draining before the drain
+/// was asked and draining after it, has taken it up (so it is the master
+/// drained: the preStop case, where the API is the master's own), or else
+/// once no claim has shown up for this long after the drain.
+const SETTLE: Duration = Duration::from_secs(15);
 /// Largest page the API serves.
 const PAGE: usize = 1000;
 
@@ -27,6 +34,19 @@ async fn active_ids(api: &ApiClient, name: &str) -> Result<BTreeSet<i64>, Client
         .filter(|m| m["name"].as_str() == Some(name) && m["active"].as_bool() != Some(false))
         .filter_map(|m| m["id"].as_i64())
         .collect())
+}
+
+/// Whether the master serving the API says it drains (`/readyz`, 503 then).
+async fn serving_master_drains(api: &ApiClient) -> bool {
+    let body = match api.get_text("/readyz").await {
+        Ok(t) => t,
+        Err(ClientError::Status(503, body)) => body,
+        Err(_) => return false,
+    };
+    serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["draining"].as_bool())
+        .unwrap_or(false)
 }
 
 /// Unfinished build requests claimed by one of `ids`.
@@ -60,6 +80,8 @@ pub async fn run(api: &ApiClient, name: &str, timeout: Option<Dur>) -> i32 {
         Ok(ids) => ids,
         Err(e) => return e.report(),
     };
+    // Whether the API's own master could show that it took up this drain.
+    let api_master_was_draining = serving_master_drains(api).await;
     match api
         .post::<_, Value>(&format!("/api/v1/masters/{name}/drain"), &json!({}))
         .await
@@ -83,6 +105,8 @@ pub async fn run(api: &ApiClient, name: &str, timeout: Option<Dur>) -> i32 {
             Err(e) => return e.report(),
         };
     }
+    let drained_at = Instant::now();
+    let mut noticed = false;
     let mut last: Option<usize> = None;
     loop {
         let step = async {
@@ -99,8 +123,14 @@ pub async fn run(api: &ApiClient, name: &str, timeout: Option<Dur>) -> i32 {
                 return exit::OK;
             }
             Ok(Some(0)) => {
-                println!("drain: {name} runs no build; done");
-                return exit::OK;
+                if !noticed && !api_master_was_draining {
+                    noticed = serving_master_drains(api).await;
+                }
+                if noticed || drained_at.elapsed() >= SETTLE {
+                    println!("drain: {name} runs no build; done");
+                    return exit::OK;
+                }
+                last = Some(0);
             }
             Ok(Some(n)) => {
                 if last != Some(n) {
@@ -114,10 +144,12 @@ pub async fn run(api: &ApiClient, name: &str, timeout: Option<Dur>) -> i32 {
         }
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
-            let left = last.map_or("its".to_owned(), |n| n.to_string());
-            eprintln!(
-                "flotilla: drain: timed out waiting for {left} build(s) on {name} to finish or be handed back"
-            );
+            let waited_for = match last {
+                Some(0) => format!("{name} to take up the drain"),
+                Some(n) => format!("{n} build(s) on {name} to finish or be handed back"),
+                None => format!("the builds on {name} to finish or be handed back"),
+            };
+            eprintln!("flotilla: drain: timed out waiting for {waited_for}");
             return exit::FAILED;
         }
         // The last look is at the deadline itself.
