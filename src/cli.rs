@@ -58,7 +58,7 @@ pub enum Command {
     /// Cluster state from the API.
     Status(StatusArgs),
     /// Ask a running master to stop taking work, finishing what it runs.
-    Drain(MasterNameArg),
+    Drain(DrainArgs),
     /// Ask a draining master to take work again.
     Undrain(MasterNameArg),
     /// Run the retention clean-up once.
@@ -271,6 +271,22 @@ pub struct MasterNameArg {
     pub api: ApiArg,
     /// The master's name (every active incarnation of that name).
     pub master_name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    pub api: ApiArg,
+    /// The master's name (every active incarnation of that name); in a pod, from FLOTILLA_MASTER_NAME.
+    #[arg(env = "FLOTILLA_MASTER_NAME")]
+    pub master_name: String,
+    /// Then wait until the master runs no build (each finished or was handed
+    /// back) or has left; exit 1 if --timeout passes first. For a preStop hook.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long, e.g. "5m" (default: wait as long as it takes).
+    #[arg(long, value_name = "DURATION", requires = "wait")]
+    pub timeout: Option<flotilla_master::config::Dur>,
 }
 
 #[derive(Debug, Args)]

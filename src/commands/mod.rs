@@ -3,6 +3,7 @@
 mod check;
 mod client_cmds;
 mod db;
+mod drain_wait;
 mod follow;
 mod health;
 mod janitor;
@@ -33,6 +34,9 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Sendchange(a) => client_cmds::sendchange(&api(&a.api), a).await,
         Command::Force(a) => client_cmds::force(&api(&a.api), a).await,
         Command::Status(a) => client_cmds::status(&api(&a.api), a).await,
+        Command::Drain(a) if a.wait => {
+            drain_wait::run(&api(&a.api), &a.master_name, a.timeout).await
+        }
         Command::Drain(a) => client_cmds::drain(&api(&a.api), &a.master_name, true).await,
         Command::Undrain(a) => client_cmds::drain(&api(&a.api), &a.master_name, false).await,
         Command::Try(a) => try_cmd::run(&api(&a.api), a).await,
