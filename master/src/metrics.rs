@@ -32,6 +32,8 @@ pub const REAPED_CLAIMS: &str = "flotilla_reaped_claims_total";
 pub const FENCED: &str = "flotilla_fenced_total";
 /// Masters this master declared dead (counter).
 pub const MASTERS_DECLARED_DEAD: &str = "flotilla_masters_declared_dead_total";
+/// Builders whose written claim count was found wrong and corrected (counter).
+pub const CLAIM_COUNTS_CORRECTED: &str = "flotilla_claim_counts_corrected_total";
 /// Claims this master held but ran no build for, given back (counter).
 pub const ORPHANED_CLAIMS: &str = "flotilla_orphaned_claims_total";
 /// Incomplete requests without a running build, per `builder` (gauge, set at scrape).
@@ -186,6 +188,10 @@ pub fn describe() {
         "Times this master fenced itself because no heartbeat was confirmed in time"
     );
     describe_counter!(MASTERS_DECLARED_DEAD, "Masters this master declared dead");
+    describe_counter!(
+        CLAIM_COUNTS_CORRECTED,
+        "Builders whose written claim count was found wrong and corrected"
+    );
     describe_counter!(
         ORPHANED_CLAIMS,
         "Claims this master held but ran no build for, given back"

@@ -19,6 +19,7 @@ both_backends!(
     death_is_a_compare_and_swap_on_the_watched_heartbeat,
     releases_skip_rows_a_frozen_master_holds_locked,
     orphaned_claims_are_released_only_if_unchanged,
+    a_drifted_claim_count_is_recounted,
 );
 
 async fn a_replayed_finish_keeps_the_outcome(db: &TestDb) {
@@ -174,4 +175,31 @@ async fn orphaned_claims_are_released_only_if_unchanged(db: &TestDb) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn a_drifted_claim_count_is_recounted(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let bl = builder(&s, "unit").await;
+    let other = builder(&s, "other").await;
+    let r = seed(&s, bl, 3, 0).await;
+    s.claim_requests(a, &r[..2]).await.unwrap();
+    assert!(
+        s.recount_claimed().await.unwrap().is_empty(),
+        "counts kept by the claims"
+    );
+    db.exec(&format!(
+        "UPDATE builders SET claimed_requests = 7 WHERE id = {bl}"
+    ))
+    .await;
+    db.exec(&format!(
+        "UPDATE builders SET claimed_requests = 1 WHERE id = {other}"
+    ))
+    .await;
+    let mut drift = s.recount_claimed().await.unwrap();
+    drift.sort();
+    let mut want = vec![(bl, 7, 2), (other, 1, 0)];
+    want.sort();
+    assert_eq!(drift, want);
+    assert!(s.recount_claimed().await.unwrap().is_empty());
 }

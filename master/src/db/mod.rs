@@ -88,6 +88,7 @@ mod masters;
 mod mysql_script;
 mod presence;
 mod reads;
+mod recount;
 mod requests;
 pub(crate) mod rows;
 mod schedulers;

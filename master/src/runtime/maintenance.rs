@@ -22,6 +22,9 @@ use super::{AbortReason, MasterState};
 use crate::db::{DbError, within};
 use crate::metrics as m;
 
+/// How often a master checks the builders' written claim counts.
+const RECOUNT_EVERY: Duration = Duration::from_secs(60);
+
 pub async fn run(state: Arc<MasterState>, stop: CancellationToken) {
     let t = state.config.cluster.clone();
     let beat = t.heartbeat_interval.get();
@@ -31,6 +34,7 @@ pub async fn run(state: Arc<MasterState>, stop: CancellationToken) {
         reaper: Reaper::default(),
         rebalancer: super::rebalance::Rebalancer::default(),
         next_renew: Instant::now() + t.claim_renew_interval.get(),
+        next_recount: Instant::now() + RECOUNT_EVERY,
         was_draining: false,
         suspects: HashMap::new(),
     };
@@ -56,6 +60,7 @@ struct Rounds {
     reaper: Reaper,
     rebalancer: super::rebalance::Rebalancer,
     next_renew: Instant,
+    next_recount: Instant,
     was_draining: bool,
     /// Claims of this incarnation seen held but not run, with when first seen.
     suspects: HashMap<i64, (DateTime<Utc>, Instant)>,
@@ -90,7 +95,20 @@ impl Rounds {
             }
             self.next_renew = Instant::now() + t.claim_renew_interval.get();
         }
-        self.release_orphans(state).await
+        self.release_orphans(state).await?;
+        if Instant::now() >= self.next_recount {
+            self.next_recount = Instant::now() + RECOUNT_EVERY;
+            for (builder, was, now) in store.recount_claimed().await? {
+                tracing::warn!(
+                    builder,
+                    was,
+                    now,
+                    "a builder's claim count had drifted; corrected"
+                );
+                metrics::counter!(m::CLAIM_COUNTS_CORRECTED).increment(1);
+            }
+        }
+        Ok(())
     }
 
     /// Gives back claims this incarnation holds but runs no build for: a
