@@ -151,6 +151,10 @@ pub struct WorkerArgs {
     /// CA certificate (PEM) to trust for an https:// gateway (default: the system's roots).
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
+    /// Stop (exit 77) after the cluster refused this worker's name, password
+    /// or protocol version this many times in a row; 0 retries forever.
+    #[arg(long, default_value_t = flotilla_worker::GIVE_UP_AFTER_REFUSALS)]
+    pub give_up_after_refusals: u32,
 }
 
 #[derive(Debug, Args)]

@@ -278,3 +278,37 @@ async fn work_submitted_to_a_master_without_workers_reaches_the_others_at_once()
         owner.as_str()
     );
 }
+
+/// A worker whose password the cluster keeps refusing stops with exit 77
+/// after the refusals it was told to bear, instead of retrying for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_refused_every_time_gives_up_with_77() {
+    let spec = ClusterSpec::new(1, 0, &echo_builder("[\"w1\"]"));
+    let mut spec = spec;
+    spec.workers = vec![("w1".to_owned(), "w1-secret".to_owned())];
+    let cluster = Cluster::start("giveup", spec).await;
+    let basedir = tempfile::tempdir().unwrap();
+    let mut worker = common::cluster::Proc::spawn(
+        "w1-wrong",
+        &[
+            "worker".to_owned(),
+            "--gateway".to_owned(),
+            format!("http://127.0.0.1:{}", cluster.gateway_port),
+            "--name".to_owned(),
+            "w1".to_owned(),
+            "--password-env".to_owned(),
+            "W1_WRONG".to_owned(),
+            "--basedir".to_owned(),
+            basedir.path().display().to_string(),
+            "--give-up-after-refusals".to_owned(),
+            "3".to_owned(),
+        ],
+        &[("W1_WRONG".to_owned(), "not-the-password".to_owned())],
+        basedir.path(),
+    );
+    let code = worker.wait_exit(Duration::from_secs(60));
+    let out = worker.output();
+    assert_eq!(code, Some(77), "{out}");
+    assert!(out.contains("refused 3 times in a row"), "{out}");
+    assert!(out.contains("wrong password"), "{out}");
+}

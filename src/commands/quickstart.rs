@@ -196,6 +196,8 @@ async fn run_cluster(
             heartbeat_interval: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
             tls_ca: None,
+            // Its own password, from this process: a refusal cannot last.
+            give_up_after_refusals: 0,
         },
         worker_stop.clone(),
     ));

@@ -183,9 +183,14 @@ pub async fn worker(a: WorkerArgs) -> i32 {
         heartbeat_interval: Duration::from_secs(5),
         max_backoff: Duration::from_secs(10),
         tls_ca: a.tls_ca,
+        give_up_after_refusals: a.give_up_after_refusals,
     };
     match flotilla_worker::run(opts, signals.graceful.clone()).await {
         Ok(()) => exit::OK,
+        Err(e @ flotilla_worker::WorkerError::Refused { .. }) => {
+            eprintln!("flotilla: worker stopped: {e}");
+            exit::NO_PERMISSION
+        }
         Err(e) => {
             eprintln!("flotilla: worker stopped: {e}");
             exit::FAILED

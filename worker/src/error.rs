@@ -1,5 +1,6 @@
 //! Errors that stop a worker ([`WorkerError`]); connection problems never
-//! do — the worker retries those forever.
+//! do — the worker retries those forever. A registration refused for its
+//! credentials again and again stops it: that does not mend by waiting.
 
 use std::path::PathBuf;
 
@@ -17,6 +18,15 @@ pub enum WorkerError {
     /// The TLS settings for the gateway URL cannot be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The cluster refused this worker's name, password or protocol version
+    /// on every one of several attempts in a row.
+    #[error("refused {attempts} times in a row ({reason}); giving up")]
+    Refused {
+        /// The cluster's reason, as last given.
+        reason: String,
+        /// Consecutive refusals.
+        attempts: u32,
+    },
     /// The worker name is empty.
     #[error("the worker name must not be empty")]
     EmptyName,

@@ -50,6 +50,9 @@ pub async fn run(opts: WorkerOptions, shutdown: CancellationToken) -> Result<(),
     info!(worker = %opts.name, gateway = %opts.gateway, basedir = %opts.basedir.display(), "worker starting");
 
     let mut backoff = Backoff::new(opts.max_backoff);
+    // Refusals of this worker's credentials in a row (not of the moment:
+    // a name in use, a master without its database).
+    let mut refused = 0u32;
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -57,6 +60,9 @@ pub async fn run(opts: WorkerOptions, shutdown: CancellationToken) -> Result<(),
         let delay = match connection::run_once(&opts, &endpoint, &shutdown).await {
             Outcome::Shutdown => break,
             Outcome::Reconnect { registered, reason } => {
+                if registered {
+                    refused = 0;
+                }
                 info!(worker = %opts.name, %reason, "gateway asked to reconnect");
                 if registered {
                     backoff.reset();
@@ -68,12 +74,25 @@ pub async fn run(opts: WorkerOptions, shutdown: CancellationToken) -> Result<(),
                 }
             }
             Outcome::Refused(reason) => {
+                if refused_for_credentials(&reason) {
+                    refused += 1;
+                    if opts.give_up_after_refusals > 0 && refused >= opts.give_up_after_refusals {
+                        error!(worker = %opts.name, %reason, attempts = refused, "worker refused by the cluster every time; giving up");
+                        return Err(WorkerError::Refused {
+                            reason,
+                            attempts: refused,
+                        });
+                    }
+                } else {
+                    refused = 0;
+                }
                 let delay = backoff.next_delay();
                 error!(worker = %opts.name, %reason, retry_in = ?delay, "worker refused by the cluster");
                 delay
             }
             Outcome::Lost { registered, error } => {
                 if registered {
+                    refused = 0;
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
@@ -88,6 +107,24 @@ pub async fn run(opts: WorkerOptions, shutdown: CancellationToken) -> Result<(),
     }
     info!(worker = %opts.name, "worker stopped");
     Ok(())
+}
+
+/// Default number of consecutive refusals of the worker's credentials after
+/// which it stops (with the backoff, a minute or more of trying): an unknown
+/// name or a wrong password does not mend by waiting, and a supervisor shows
+/// a stopped worker where a retrying one would look healthy.
+pub const GIVE_UP_AFTER_REFUSALS: u32 = 10;
+
+/// Whether a refusal is about this worker's name, password or protocol
+/// version, as opposed to a passing state of the cluster.
+fn refused_for_credentials(reason: &str) -> bool {
+    [
+        "unknown worker name",
+        "wrong password",
+        "unsupported protocol version",
+    ]
+    .iter()
+    .any(|r| reason.contains(r))
 }
 
 fn endpoint(url: &str, tls_ca: Option<&std::path::Path>) -> Result<Endpoint, WorkerError> {

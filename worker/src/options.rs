@@ -21,6 +21,9 @@ pub struct WorkerOptions {
     pub max_backoff: Duration,
     /// CA certificate (PEM) to trust for an `https://` gateway; the system's roots when unset.
     pub tls_ca: Option<PathBuf>,
+    /// Refusals of the worker's name, password or protocol version in a row
+    /// after which it stops (0: never).
+    pub give_up_after_refusals: u32,
 }
 
 impl WorkerOptions {
@@ -38,6 +41,7 @@ impl WorkerOptions {
             basedir: basedir.into(),
             heartbeat_interval: Duration::from_secs(5),
             max_backoff: Duration::from_secs(30),
+            give_up_after_refusals: crate::GIVE_UP_AFTER_REFUSALS,
             tls_ca: None,
         }
     }
