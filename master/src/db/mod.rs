@@ -180,7 +180,11 @@ impl BeginWrite for SqlitePool {
 }
 
 /// Attempts at a write transaction that keeps losing lock conflicts.
-const CONFLICT_ATTEMPTS: u32 = 5;
+/// (Deadlocks are detected at once, and on a busy server several masters
+/// claiming and completing one builder's requests can meet a few times in a
+/// row: the waits between attempts grow, so the whole is a fraction of a
+/// second unless the conflict is a lock wait.)
+const CONFLICT_ATTEMPTS: u32 = 10;
 
 /// `wsrep_retry_autocommit` of every session: on Galera the server itself
 /// runs a single-statement transaction again when certification aborts it
@@ -204,8 +208,9 @@ where
                 metrics::counter!(crate::metrics::DATABASE_RETRIES, "reason" => reason)
                     .increment(1);
                 tracing::debug!(attempt, error = %e, "retrying transaction after lock conflict");
-                let jitter = rand::random::<u64>() % 5;
-                tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 3 + jitter)).await;
+                let jitter = rand::random::<u64>() % 8;
+                let grow = (1u64 << attempt.min(6)).min(64);
+                tokio::time::sleep(Duration::from_millis(grow + jitter)).await;
                 attempt += 1;
             }
             r => return r,
