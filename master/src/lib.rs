@@ -7,7 +7,9 @@
 //!
 //! - [`config`]: the cluster TOML file, shared by every master and the gateway.
 //! - [`db`]: the schema, migrations and every SQL statement, including the claim protocol.
-//! - [`runtime`]: a running master: gateway links, workers, the claim loop, builds, maintenance.
+//! - [`master`]: the task tree: starts every task of a running master and stops them in order.
+//! - [`state`]: what the tasks share: identity, liveness, workers, running builds, shutdown.
+//! - [`runtime`]: the master's own tasks: gateway links, the claim loop, builds, heartbeat, maintenance.
 //! - [`http`]: the HTTP API and dashboard.
 //! - [`janitor`]: retention: deleting data older than the configured horizons.
 //! - [`metrics`]: the names and descriptions of every exported metric.
@@ -19,6 +21,8 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod janitor;
+pub mod master;
 pub mod metrics;
 pub mod runtime;
 pub mod schedulers;
+pub mod state;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_master::config::ClusterConfig;
-use flotilla_master::runtime::{self, MasterOptions, Shutdown};
+use flotilla_master::master::{self, MasterOptions, Shutdown};
 use rand::Rng;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -185,7 +185,7 @@ async fn run_cluster(
         http,
         store,
     };
-    let master = tokio::spawn(runtime::run(opts, master_shutdown.clone()));
+    let master = tokio::spawn(master::run(opts, master_shutdown.clone()));
     let worker_stop = CancellationToken::new();
     let worker = tokio::spawn(flotilla_worker::run(
         flotilla_worker::WorkerOptions {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_master::runtime::{self, MasterOptions, Shutdown};
+use flotilla_master::master::{self, MasterOptions, Shutdown};
 
 use super::load_config;
 use crate::cli::{GatewayArgs, MasterArgs, WorkerArgs};
@@ -66,7 +66,7 @@ pub async fn master(a: MasterArgs) -> i32 {
         graceful: signals.graceful.clone(),
         immediate: signals.immediate.clone(),
     };
-    match runtime::run(opts, shutdown).await {
+    match master::run(opts, shutdown).await {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("flotilla: master stopped: {e}");

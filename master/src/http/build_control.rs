@@ -16,7 +16,7 @@ use super::error::{ApiError, ApiResult};
 use super::reads::parse_id;
 use crate::db::{DbError, NewBuildset};
 use crate::metrics::BUILDS_STOPPED;
-use crate::runtime::{AbortReason, MasterState};
+use crate::state::{AbortReason, MasterState};
 
 type St = State<Arc<MasterState>>;
 

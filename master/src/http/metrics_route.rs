@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::metrics::{CONNECTED_WORKERS, HISTOGRAM_BUCKETS, PENDING_REQUESTS};
-use crate::runtime::MasterState;
+use crate::state::MasterState;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

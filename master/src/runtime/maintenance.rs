@@ -18,9 +18,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::reaper::Reaper;
-use super::{AbortReason, MasterState};
 use crate::db::{DbError, within};
 use crate::metrics as m;
+use crate::state::{AbortReason, MasterState};
 
 /// How often a master checks the builders' written claim counts.
 const RECOUNT_EVERY: Duration = Duration::from_secs(60);

@@ -43,7 +43,7 @@ pub use clock::Clock;
 
 use crate::config::{ClusterConfig, SchedulerConfig};
 use crate::db::{DbError, MasterId, Store};
-use crate::runtime::MasterState;
+use crate::state::MasterState;
 use ownership::Ownership;
 
 /// `object_owners.kind` of schedulers.
