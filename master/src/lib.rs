@@ -6,6 +6,7 @@
 //! won on workers that the gateway routed to it.
 //!
 //! - [`config`]: the cluster TOML file, shared by every master and the gateway.
+//! - [`cron`]: cron expressions, parsed with the configuration and evaluated by nightly schedulers.
 //! - [`db`]: the schema, migrations and every SQL statement, including the claim protocol.
 //! - [`master`]: the task tree: starts every task of a running master and stops them in order.
 //! - [`state`]: what the tasks share: identity, liveness, workers, running builds, shutdown.
@@ -18,6 +19,7 @@
 
 pub mod changesource;
 pub mod config;
+pub mod cron;
 pub mod db;
 pub mod http;
 pub mod janitor;

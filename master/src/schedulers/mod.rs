@@ -25,7 +25,6 @@
 pub mod buildsets;
 mod changes;
 pub mod clock;
-pub mod cron;
 mod dependent;
 pub mod ownership;
 mod timed;
