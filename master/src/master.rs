@@ -70,7 +70,7 @@ impl MasterError {
 /// Runs a master until shutdown. Registers a new incarnation, releases the
 /// claims of older incarnations of the same name, and serves.
 pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterError> {
-    crate::http::install_metrics();
+    crate::metrics::install();
     let store = opts.store;
     let config = opts.config;
     let mut passwords = HashMap::new();

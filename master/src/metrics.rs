@@ -11,8 +11,15 @@
 //! and fences), recorded in `worker-gateway`; [`describe_gateway`] gives
 //! those their help text where the gateway's `/metrics` is served.
 //!
+//! [`install`] installs the process-wide Prometheus recorder with those
+//! bounds and help texts (the master at start, the gateway's `/metrics`).
+//!
 //! Every exported metric has help text: `promtool check metrics` must pass
 //! on every scrape (the tests run it).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Requests a claim round asked the database for (counter).
 pub const CLAIMS_ATTEMPTED: &str = "flotilla_claims_attempted_total";
@@ -160,6 +167,39 @@ pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
         ],
     ),
 ];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls reuse it).
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let mut builder = PrometheusBuilder::new();
+            for (name, buckets) in HISTOGRAM_BUCKETS {
+                builder =
+                    match builder.set_buckets_for_metric(Matcher::Full((*name).into()), buckets) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(metric = name, error = %e, "bad histogram buckets");
+                            return None;
+                        }
+                    };
+            }
+            match builder.install_recorder() {
+                Ok(h) => {
+                    // The master and the gateway may share a process (quickstart).
+                    describe();
+                    describe_gateway();
+                    Some(h)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .clone()
+}
 
 /// Gives every metric its help text (once the recorder is installed).
 pub fn describe() {

@@ -25,9 +25,8 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use build_control::pick_up_stop_requests;
 pub use error::{ApiError, ApiResult};
-pub use metrics_route::{install_metrics, serve_metrics_only};
+pub use metrics_route::serve_metrics_only;
 
 use crate::state::MasterState;
 

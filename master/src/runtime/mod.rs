@@ -13,3 +13,4 @@ pub(crate) mod maintenance;
 mod reaper;
 mod rebalance;
 mod steps;
+mod stop_requests;
