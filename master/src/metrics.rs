@@ -293,3 +293,45 @@ pub fn describe_gateway() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// A metric recorded under a name spelt out where it is recorded would
+    /// escape [`super::describe`] and the operations guide.
+    #[test]
+    fn metrics_are_recorded_by_the_names_in_this_file() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        assert!(files.len() > 20, "{files:?}");
+        let mut literal = Vec::new();
+        for file in files.iter().filter(|f| !f.ends_with("metrics.rs")) {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                for mac in ["counter!(", "gauge!(", "histogram!("] {
+                    let after = line.split(mac).skip(1);
+                    if after.map(str::trim_start).any(|a| a.starts_with('"')) {
+                        literal.push(format!("{}:{}", file.display(), n + 1));
+                    }
+                }
+            }
+        }
+        assert!(
+            literal.is_empty(),
+            "metric names spelt out instead of named in metrics.rs: {literal:#?}"
+        );
+    }
+}

@@ -125,7 +125,7 @@ impl Engine {
             match self.tick_one(s).await {
                 Ok(n) => created += n,
                 Err(e) => {
-                    metrics::counter!("flotilla_database_errors_total").increment(1);
+                    metrics::counter!(crate::metrics::DATABASE_ERRORS).increment(1);
                     tracing::warn!(scheduler = %s.name, error = %e, "scheduler tick failed; will retry");
                 }
             }
