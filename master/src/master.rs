@@ -37,6 +37,7 @@ pub struct MasterOptions {
     pub store: Store,
 }
 
+/// Why a master stopped; the binary maps each to an exit code (`src/exit.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
     #[error(transparent)]
@@ -52,19 +53,6 @@ pub enum MasterError {
     /// Another live process runs under this master's name.
     #[error("{0}")]
     NameInUse(String),
-}
-
-impl MasterError {
-    /// Exit code of the contract for this error.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            MasterError::Config(_) | MasterError::NameInUse(_) => 78,
-            MasterError::Db(DbError::Unreachable(_)) => 69,
-            MasterError::Db(DbError::BadUrl(_) | DbError::AccessDenied(_)) => 78,
-            MasterError::Db(DbError::SchemaNotCurrent { .. } | DbError::SchemaNewer { .. }) => 78,
-            _ => 1,
-        }
-    }
 }
 
 /// Runs a master until shutdown. Registers a new incarnation, releases the
