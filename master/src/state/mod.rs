@@ -34,9 +34,12 @@ pub struct Shutdown {
     pub immediate: CancellationToken,
 }
 
-/// State shared by the master's tasks.
+/// State shared by the master's tasks, in four parts: who this master is,
+/// whether it may work, its work (workers and builds), and its gateway
+/// links and shutdown.
 #[derive(Debug)]
 pub struct MasterState {
+    // Who this master is.
     pub config: Arc<ClusterConfig>,
     pub store: Store,
     /// This master's name; its identity is the name plus the current incarnation.
@@ -49,27 +52,33 @@ pub struct MasterState {
     pub builder_ids: HashMap<String, i64>,
     /// Worker name to password, read once at start.
     pub(crate) passwords: HashMap<String, String>,
-    pub workers: WorkerRegistry,
-    /// Wakes the claim loop: new work submitted here, a worker became idle.
-    pub wake: Notify,
-    /// Set by `flotilla drain` (read from the database) or by shutdown.
-    pub draining: AtomicBool,
+
+    // Whether it may work.
     /// Whether the last heartbeat reached the database.
     pub db_healthy: AtomicBool,
     /// Heartbeats confirmed, by this master's clock, and the fence.
     pub(crate) live: Liveness,
+    /// Set by `flotilla drain` (read from the database) or by shutdown.
+    pub draining: AtomicBool,
     /// Set when this master must stop for good (its name is taken).
     fatal: Mutex<Option<String>>,
+
+    // Its work.
+    pub workers: WorkerRegistry,
+    /// Wakes the claim loop: new work submitted here, a worker became idle.
+    pub wake: Notify,
+    pub(crate) running: Mutex<HashMap<i64, RunningBuild>>,
+    pub(crate) next_command: AtomicU64,
+    /// Builds and helper tasks, awaited on the way out.
+    pub(crate) tasks: TaskTracker,
+
+    // Its gateway links and shutdown.
     /// Gateway links attached now.
     pub gateway_links: AtomicUsize,
     /// Outgoing queues of the attached gateway links, to announce new work.
     pub(crate) link_senders:
         Mutex<HashMap<u64, tokio::sync::mpsc::Sender<flotilla_proto::v1::MasterToGateway>>>,
-    pub(crate) running: Mutex<HashMap<i64, RunningBuild>>,
-    pub(crate) next_command: AtomicU64,
     pub shutdown: Shutdown,
-    /// Builds and helper tasks, awaited on the way out.
-    pub(crate) tasks: TaskTracker,
 }
 
 impl MasterState {
@@ -97,18 +106,18 @@ impl MasterState {
             incarnation,
             builder_ids,
             passwords,
-            workers: WorkerRegistry::default(),
-            wake: Notify::new(),
-            draining: AtomicBool::new(false),
             db_healthy: AtomicBool::new(true),
             live,
+            draining: AtomicBool::new(false),
             fatal: Mutex::new(None),
-            gateway_links: AtomicUsize::new(0),
-            link_senders: Mutex::new(HashMap::new()),
+            workers: WorkerRegistry::default(),
+            wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
             next_command: AtomicU64::new(1),
-            shutdown,
             tasks: TaskTracker::new(),
+            gateway_links: AtomicUsize::new(0),
+            link_senders: Mutex::new(HashMap::new()),
+            shutdown,
         }
     }
 
