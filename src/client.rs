@@ -6,8 +6,6 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::exit;
-
 #[derive(Debug)]
 pub enum ClientError {
     Unreachable(String),
@@ -28,18 +26,6 @@ impl std::fmt::Display for ClientError {
             }
             ClientError::Status(code, m) => write!(f, "API answered {code}: {m}"),
             ClientError::Decode(m) => write!(f, "unexpected answer from the API: {m}"),
-        }
-    }
-}
-
-impl ClientError {
-    /// Prints the error on one line and returns the exit code of the contract.
-    pub fn report(&self) -> i32 {
-        eprintln!("flotilla: {self}");
-        match self {
-            ClientError::Unreachable(_) => exit::UNAVAILABLE,
-            ClientError::Unauthorized(_) => exit::NO_PERMISSION,
-            ClientError::Status(..) | ClientError::Decode(_) => exit::FAILED,
         }
     }
 }

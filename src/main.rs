@@ -11,6 +11,8 @@ mod telemetry;
 
 use clap::Parser;
 
+use crate::exit::Exit;
+
 fn main() {
     let cli = cli::Cli::parse();
     telemetry::init(cli.log_json);
@@ -21,11 +23,11 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("flotilla: cannot start the async runtime: {e}");
-            std::process::exit(exit::SOFTWARE);
+            std::process::exit(Exit::Software.code());
         }
     };
     let code = runtime.block_on(commands::dispatch(cli));
     // Background tasks (pools, links) must not keep the process alive past its answer.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    std::process::exit(code);
+    std::process::exit(code.code());
 }

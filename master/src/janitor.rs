@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RetentionConfig;
 use crate::db::{Cutoffs, DbError, JanitorCounts, Store};
 use crate::metrics::{JANITOR_DELETED, JANITOR_RUNS};
-use crate::runtime::MasterState;
+use crate::state::MasterState;
 
 /// `object_owners` kind and name of the periodic janitor.
 const OWNER_KIND: &str = "janitor";

@@ -11,8 +11,15 @@
 //! and fences), recorded in `worker-gateway`; [`describe_gateway`] gives
 //! those their help text where the gateway's `/metrics` is served.
 //!
+//! [`install`] installs the process-wide Prometheus recorder with those
+//! bounds and help texts (the master at start, the gateway's `/metrics`).
+//!
 //! Every exported metric has help text: `promtool check metrics` must pass
 //! on every scrape (the tests run it).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Requests a claim round asked the database for (counter).
 pub const CLAIMS_ATTEMPTED: &str = "flotilla_claims_attempted_total";
@@ -161,6 +168,39 @@ pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     ),
 ];
 
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls reuse it).
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let mut builder = PrometheusBuilder::new();
+            for (name, buckets) in HISTOGRAM_BUCKETS {
+                builder =
+                    match builder.set_buckets_for_metric(Matcher::Full((*name).into()), buckets) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(metric = name, error = %e, "bad histogram buckets");
+                            return None;
+                        }
+                    };
+            }
+            match builder.install_recorder() {
+                Ok(h) => {
+                    // The master and the gateway may share a process (quickstart).
+                    describe();
+                    describe_gateway();
+                    Some(h)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
 /// Gives every metric its help text (once the recorder is installed).
 pub fn describe() {
     use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -251,5 +291,47 @@ pub fn describe_gateway() {
             Kind::Counter => ::metrics::describe_counter!(*name, *help),
             Kind::Gauge => ::metrics::describe_gauge!(*name, *help),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// A metric recorded under a name spelt out where it is recorded would
+    /// escape [`super::describe`] and the operations guide.
+    #[test]
+    fn metrics_are_recorded_by_the_names_in_this_file() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        assert!(files.len() > 20, "{files:?}");
+        let mut literal = Vec::new();
+        for file in files.iter().filter(|f| !f.ends_with("metrics.rs")) {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                for mac in ["counter!(", "gauge!(", "histogram!("] {
+                    let after = line.split(mac).skip(1);
+                    if after.map(str::trim_start).any(|a| a.starts_with('"')) {
+                        literal.push(format!("{}:{}", file.display(), n + 1));
+                    }
+                }
+            }
+        }
+        assert!(
+            literal.is_empty(),
+            "metric names spelt out instead of named in metrics.rs: {literal:#?}"
+        );
     }
 }

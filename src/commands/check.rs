@@ -6,9 +6,9 @@
 
 use super::load_config;
 use crate::cli::CheckArgs;
-use crate::exit;
+use crate::exit::Exit;
 
-pub fn run(a: CheckArgs) -> i32 {
+pub fn run(a: CheckArgs) -> Exit {
     let config = match load_config(&a.config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -31,5 +31,5 @@ pub fn run(a: CheckArgs) -> i32 {
         config.schedulers.len(),
         config.change_sources.len()
     );
-    exit::OK
+    Exit::Ok
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::wait;
 use crate::cli::{ForceArgs, SendchangeArgs, StatusArgs, StatusWhat};
 use crate::client::ApiClient;
-use crate::exit;
+use crate::exit::{self, Exit};
 
 #[derive(Debug, Deserialize)]
 pub struct BuildsetCreated {
@@ -21,7 +21,7 @@ fn properties(props: &[(String, String)]) -> BTreeMap<String, String> {
     props.iter().cloned().collect()
 }
 
-pub async fn sendchange(api: &ApiClient, a: SendchangeArgs) -> i32 {
+pub async fn sendchange(api: &ApiClient, a: SendchangeArgs) -> Exit {
     let body = json!({
         "repository": a.repository,
         "branch": a.branch,
@@ -36,13 +36,13 @@ pub async fn sendchange(api: &ApiClient, a: SendchangeArgs) -> i32 {
         Ok(v) => {
             let id = v.get("change_id").cloned().unwrap_or(Value::Null);
             println!("change {id} submitted; the schedulers that match it will build it");
-            exit::OK
+            Exit::Ok
         }
-        Err(e) => e.report(),
+        Err(e) => exit::client_error(&e),
     }
 }
 
-pub async fn force(api: &ApiClient, a: ForceArgs) -> i32 {
+pub async fn force(api: &ApiClient, a: ForceArgs) -> Exit {
     let body = json!({
         "builder": a.builder,
         "branch": a.branch,
@@ -54,7 +54,7 @@ pub async fn force(api: &ApiClient, a: ForceArgs) -> i32 {
     });
     let created: BuildsetCreated = match api.post("/api/v1/force", &body).await {
         Ok(c) => c,
-        Err(e) => return e.report(),
+        Err(e) => return exit::client_error(&e),
     };
     if a.json {
         // Written by hand to keep the key order of the contract.
@@ -83,11 +83,11 @@ pub async fn force(api: &ApiClient, a: ForceArgs) -> i32 {
     if a.wait {
         wait::for_requests(api, &created.buildrequest_ids, !a.json).await
     } else {
-        exit::OK
+        Exit::Ok
     }
 }
 
-pub async fn drain(api: &ApiClient, name: &str, drain: bool) -> i32 {
+pub async fn drain(api: &ApiClient, name: &str, drain: bool) -> Exit {
     let verb = if drain { "drain" } else { "undrain" };
     match api
         .post::<_, Value>(&format!("/api/v1/masters/{name}/{verb}"), &json!({}))
@@ -96,13 +96,13 @@ pub async fn drain(api: &ApiClient, name: &str, drain: bool) -> i32 {
         Ok(v) => {
             let n = v.get("masters").and_then(Value::as_u64).unwrap_or(0);
             println!("{verb}: {n} master(s) named {name}");
-            exit::OK
+            Exit::Ok
         }
-        Err(e) => e.report(),
+        Err(e) => exit::client_error(&e),
     }
 }
 
-pub async fn status(api: &ApiClient, a: StatusArgs) -> i32 {
+pub async fn status(api: &ApiClient, a: StatusArgs) -> Exit {
     let (path, columns): (&str, &[&str]) = match a.what {
         StatusWhat::Masters => (
             "/api/v1/masters",
@@ -160,11 +160,11 @@ pub async fn status(api: &ApiClient, a: StatusArgs) -> i32 {
     };
     let rows: Value = match api.get(path).await {
         Ok(v) => v,
-        Err(e) => return e.report(),
+        Err(e) => return exit::client_error(&e),
     };
     if a.json {
         println!("{rows}");
-        return exit::OK;
+        return Exit::Ok;
     }
     let mut rows = rows;
     if matches!(a.what, StatusWhat::Schedulers) {
@@ -179,7 +179,7 @@ pub async fn status(api: &ApiClient, a: StatusArgs) -> i32 {
         columns,
         rows.as_array().map(Vec::as_slice).unwrap_or_default(),
     );
-    exit::OK
+    Exit::Ok
 }
 
 /// Scheduler kinds started from outside (the API, `try`, a trigger step).

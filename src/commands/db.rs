@@ -7,9 +7,9 @@ use tokio::net::TcpStream;
 
 use super::load_config;
 use crate::cli::{DatabaseArgs, DbCommand};
-use crate::exit;
+use crate::exit::{self, Exit};
 
-pub async fn run(cmd: DbCommand) -> i32 {
+pub async fn run(cmd: DbCommand) -> Exit {
     match cmd {
         DbCommand::Upgrade(a) => upgrade(a).await,
         DbCommand::Status(a) => status(a).await,
@@ -17,7 +17,7 @@ pub async fn run(cmd: DbCommand) -> i32 {
 }
 
 /// The database URL from `--database-url`, the cluster file, or `FLOTILLA_DATABASE__URL`.
-fn database_url(a: &DatabaseArgs) -> Result<String, i32> {
+fn database_url(a: &DatabaseArgs) -> Result<String, Exit> {
     if let Some(url) = &a.database_url {
         return Ok(url.clone());
     }
@@ -28,7 +28,7 @@ fn database_url(a: &DatabaseArgs) -> Result<String, i32> {
         return Ok(url);
     }
     eprintln!("flotilla: give --config FILE or --database-url URL");
-    Err(exit::USAGE)
+    Err(Exit::Usage)
 }
 
 /// How long a MySQL/MariaDB server that does not answer is waited for
@@ -39,7 +39,7 @@ const REACH_ATTEMPT: Duration = Duration::from_secs(2);
 /// Opens the database. For a server URL, first makes sure something listens
 /// at its host and port, saying at once (not after the whole wait) when it
 /// does not, and naming the address in every message.
-pub async fn connect(url: &str) -> Result<Store, i32> {
+pub async fn connect(url: &str) -> Result<Store, Exit> {
     if let Some(addr) = server_address(url) {
         reach(&addr).await?;
         return Store::connect(url).await.map_err(|e| match e {
@@ -78,7 +78,7 @@ pub fn server_address(url: &str) -> Option<String> {
 }
 
 /// Waits up to [`REACH_TIMEOUT`] for a TCP connection to `addr`.
-async fn reach(addr: &str) -> Result<(), i32> {
+async fn reach(addr: &str) -> Result<(), Exit> {
     let deadline = tokio::time::Instant::now() + REACH_TIMEOUT;
     let mut said = false;
     loop {
@@ -107,7 +107,7 @@ async fn reach(addr: &str) -> Result<(), i32> {
     }
 }
 
-async fn upgrade(a: DatabaseArgs) -> i32 {
+async fn upgrade(a: DatabaseArgs) -> Exit {
     let url = match database_url(&a) {
         Ok(u) => u,
         Err(code) => return code,
@@ -119,12 +119,12 @@ async fn upgrade(a: DatabaseArgs) -> i32 {
     let code = match store.upgrade().await {
         Ok(applied) if applied.is_empty() => {
             println!("schema is current; nothing to do");
-            exit::OK
+            Exit::Ok
         }
         Ok(applied) => {
             let list: Vec<String> = applied.iter().map(i64::to_string).collect();
             println!("applied migrations: {}", list.join(", "));
-            exit::OK
+            Exit::Ok
         }
         Err(e) => exit::db_error("upgrade failed", &e),
     };
@@ -132,7 +132,7 @@ async fn upgrade(a: DatabaseArgs) -> i32 {
     code
 }
 
-async fn status(a: DatabaseArgs) -> i32 {
+async fn status(a: DatabaseArgs) -> Exit {
     let url = match database_url(&a) {
         Ok(u) => u,
         Err(code) => return code,
@@ -152,17 +152,17 @@ async fn status(a: DatabaseArgs) -> i32 {
             );
             if s.newer_than_binary {
                 println!("the database is NEWER than this binary: upgrade flotilla");
-                exit::FAILED
+                Exit::Failed
             } else if s.pending.is_empty() {
                 println!("pending migrations: none");
-                exit::OK
+                Exit::Ok
             } else {
                 println!("pending migrations:");
                 for (v, d) in &s.pending {
                     println!("  {v} {d}");
                 }
                 println!("run `flotilla db upgrade`");
-                exit::FAILED
+                Exit::Failed
             }
         }
         Err(e) => exit::db_error("cannot read the schema status", &e),

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::client::{ApiClient, ClientError};
-use crate::exit;
+use crate::exit::{self, Exit};
 
 /// How often the API is asked while waiting.
 const POLL: Duration = Duration::from_secs(1);
@@ -74,11 +74,11 @@ async fn claimed_by(api: &ApiClient, ids: &BTreeSet<i64>) -> Result<usize, Clien
     }
 }
 
-pub async fn run(api: &ApiClient, name: &str, timeout: Option<Dur>) -> i32 {
+pub async fn run(api: &ApiClient, name: &str, timeout: Option<Dur>) -> Exit {
     let deadline = timeout.map(|t| Instant::now() + t.get());
     let mut ids = match active_ids(api, name).await {
         Ok(ids) => ids,
-        Err(e) => return e.report(),
+        Err(e) => return exit::client_error(&e),
     };
     // Whether the API's own master could show that it took up this drain.
     let api_master_was_draining = serving_master_drains(api).await;
@@ -94,15 +94,15 @@ pub async fn run(api: &ApiClient, name: &str, timeout: Option<Dur>) -> i32 {
         // before): there is nothing left to wait for.
         Err(ClientError::Status(404, _)) if ids.is_empty() => {
             println!("drain: no active master named {name}; nothing to wait for");
-            return exit::OK;
+            return Exit::Ok;
         }
-        Err(e) => return e.report(),
+        Err(e) => return exit::client_error(&e),
     }
     if ids.is_empty() {
         // It became active between the listing and the drain.
         ids = match active_ids(api, name).await {
             Ok(ids) => ids,
-            Err(e) => return e.report(),
+            Err(e) => return exit::client_error(&e),
         };
     }
     let drained_at = Instant::now();
@@ -120,7 +120,7 @@ pub async fn run(api: &ApiClient, name: &str, timeout: Option<Dur>) -> i32 {
         match step.await {
             Ok(None) => {
                 println!("drain: {name} has left the cluster");
-                return exit::OK;
+                return Exit::Ok;
             }
             Ok(Some(0)) => {
                 if !noticed && !api_master_was_draining {
@@ -128,7 +128,7 @@ pub async fn run(api: &ApiClient, name: &str, timeout: Option<Dur>) -> i32 {
                 }
                 if noticed || drained_at.elapsed() >= SETTLE {
                     println!("drain: {name} runs no build; done");
-                    return exit::OK;
+                    return Exit::Ok;
                 }
                 last = Some(0);
             }
@@ -139,7 +139,7 @@ pub async fn run(api: &ApiClient, name: &str, timeout: Option<Dur>) -> i32 {
                 }
             }
             // Unauthorized stays so; anything else may pass (a restart of the API).
-            Err(e @ ClientError::Unauthorized(_)) => return e.report(),
+            Err(e @ ClientError::Unauthorized(_)) => return exit::client_error(&e),
             Err(e) => eprintln!("flotilla: {e}; retrying"),
         }
         let now = Instant::now();
@@ -150,7 +150,7 @@ pub async fn run(api: &ApiClient, name: &str, timeout: Option<Dur>) -> i32 {
                 None => format!("the builds on {name} to finish or be handed back"),
             };
             eprintln!("flotilla: drain: timed out waiting for {waited_for}");
-            return exit::FAILED;
+            return Exit::Failed;
         }
         // The last look is at the deadline itself.
         let pause = deadline.map_or(POLL, |d| POLL.min(d - now));

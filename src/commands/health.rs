@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use crate::cli::HealthArgs;
-use crate::exit;
+use crate::exit::Exit;
 
-pub async fn run(base: &str, a: &HealthArgs) -> i32 {
+pub async fn run(base: &str, a: &HealthArgs) -> Exit {
     let path = if a.live { "/healthz" } else { "/readyz" };
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let http = match reqwest::Client::builder()
@@ -20,7 +20,7 @@ pub async fn run(base: &str, a: &HealthArgs) -> i32 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("flotilla: cannot make an HTTP client: {e}");
-            return exit::SOFTWARE;
+            return Exit::Software;
         }
     };
     match http.get(&url).send().await {
@@ -30,15 +30,15 @@ pub async fn run(base: &str, a: &HealthArgs) -> i32 {
             let body = body.trim();
             if status.is_success() {
                 println!("{url}: {status} {body}");
-                exit::OK
+                Exit::Ok
             } else {
                 eprintln!("flotilla: {url}: not ready: {status} {body}");
-                exit::FAILED
+                Exit::Failed
             }
         }
         Err(e) => {
             eprintln!("flotilla: {url}: unreachable: {e}");
-            exit::UNAVAILABLE
+            Exit::Unavailable
         }
     }
 }

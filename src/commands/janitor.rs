@@ -9,12 +9,12 @@ use flotilla_master::janitor;
 
 use super::load_config;
 use crate::cli::JanitorArgs;
-use crate::exit;
+use crate::exit::{self, Exit};
 
 /// Where the cluster file is looked for without `--config`.
 const DEFAULT_CONFIG: &str = "cluster.toml";
 
-pub async fn run(a: JanitorArgs) -> i32 {
+pub async fn run(a: JanitorArgs) -> Exit {
     let path = a.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     let config = match load_config(&path) {
         Ok(c) => c,
@@ -26,7 +26,7 @@ pub async fn run(a: JanitorArgs) -> i32 {
             "janitor: {} sets no [retention] horizon (logs, builds, requests, changes); nothing to do",
             path.display()
         );
-        return exit::OK;
+        return Exit::Ok;
     }
     let store = match super::db::connect(&config.database.url).await {
         Ok(s) => s,
@@ -41,7 +41,7 @@ pub async fn run(a: JanitorArgs) -> i32 {
     match result {
         Ok(n) => {
             print_report(&n, a.dry_run, started.elapsed());
-            exit::OK
+            Exit::Ok
         }
         Err(e) => exit::db_error("janitor", &e),
     }

@@ -8,11 +8,11 @@ use std::time::Duration;
 use super::follow::{Follower, is_good};
 use crate::cli::LogsArgs;
 use crate::client::ApiClient;
-use crate::exit;
+use crate::exit::{self, Exit};
 
 const POLL: Duration = Duration::from_millis(250);
 
-pub async fn run(api: &ApiClient, a: &LogsArgs) -> i32 {
+pub async fn run(api: &ApiClient, a: &LogsArgs) -> Exit {
     let mut f = Follower::new(a.build, String::new());
     loop {
         match f.poll(api).await {
@@ -23,9 +23,9 @@ pub async fn run(api: &ApiClient, a: &LogsArgs) -> i32 {
                     build.id, build.builder, build.number
                 );
                 return if is_good(&results) {
-                    exit::OK
+                    Exit::Ok
                 } else {
-                    exit::FAILED
+                    Exit::Failed
                 };
             }
             Ok(None) if a.follow => tokio::time::sleep(POLL).await,
@@ -35,9 +35,9 @@ pub async fn run(api: &ApiClient, a: &LogsArgs) -> i32 {
                     "build {} is still running (--follow to keep reading)",
                     a.build
                 );
-                return exit::OK;
+                return Exit::Ok;
             }
-            Err(e) => return e.report(),
+            Err(e) => return exit::client_error(&e),
         }
     }
 }

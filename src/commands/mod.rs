@@ -19,9 +19,9 @@ use flotilla_master::config::ClusterConfig;
 
 use crate::cli::{ApiArg, Cli, Command};
 use crate::client::ApiClient;
-use crate::exit;
+use crate::exit::Exit;
 
-pub async fn dispatch(cli: Cli) -> i32 {
+pub async fn dispatch(cli: Cli) -> Exit {
     // `--api` after the command wins over one before it (or FLOTILLA_API).
     let top = cli.api;
     let api = |a: &ApiArg| ApiClient::new(a.api.as_deref().unwrap_or(&top));
@@ -48,9 +48,9 @@ pub async fn dispatch(cli: Cli) -> i32 {
 }
 
 /// Loads the cluster file, printing the error and giving exit 78 on failure.
-fn load_config(path: &Path) -> Result<ClusterConfig, i32> {
+fn load_config(path: &Path) -> Result<ClusterConfig, Exit> {
     ClusterConfig::load(path).map_err(|e| {
         eprintln!("flotilla: bad configuration: {e}");
-        exit::CONFIG
+        Exit::Config
     })
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_master::config::ClusterConfig;
-use flotilla_master::runtime::{self, MasterOptions, Shutdown};
+use flotilla_master::master::{self, MasterOptions, Shutdown};
 use rand::Rng;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,7 @@ use super::servers::gateway_options;
 use super::{load_config, wait};
 use crate::cli::QuickstartArgs;
 use crate::client::ApiClient;
-use crate::exit;
+use crate::exit::{self, Exit};
 use crate::signals::Signals;
 
 const WORKER: &str = "local";
@@ -75,12 +75,12 @@ fn absolute(dir: &Path) -> std::io::Result<PathBuf> {
     dir.canonicalize()
 }
 
-pub async fn run(a: QuickstartArgs) -> i32 {
+pub async fn run(a: QuickstartArgs) -> Exit {
     let dir = match absolute(&a.dir) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("flotilla: cannot create {}: {e}", a.dir.display());
-            return exit::FAILED;
+            return Exit::Failed;
         }
     };
     let config_path = dir.join("cluster.toml");
@@ -95,7 +95,7 @@ pub async fn run(a: QuickstartArgs) -> i32 {
             sample_config(&dir, &a.http, &a.gateway, &password),
         ) {
             eprintln!("flotilla: cannot write {}: {e}", config_path.display());
-            return exit::FAILED;
+            return Exit::Failed;
         }
         println!("wrote a sample cluster file: {}", config_path.display());
     }
@@ -107,7 +107,7 @@ pub async fn run(a: QuickstartArgs) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("flotilla: cannot install signal handlers: {e}");
-            return exit::SOFTWARE;
+            return Exit::Software;
         }
     };
     run_cluster(&a, &dir, config, &signals).await
@@ -118,7 +118,7 @@ async fn run_cluster(
     dir: &Path,
     config: ClusterConfig,
     signals: &Signals,
-) -> i32 {
+) -> Exit {
     let store = match super::db::connect(&config.database.url).await {
         Ok(s) => s,
         Err(code) => return code,
@@ -137,14 +137,14 @@ async fn run_cluster(
                 "flotilla: cannot listen on {}: {e} (is another quickstart running?)",
                 config.api.listen
             );
-            return exit::FAILED;
+            return Exit::Failed;
         }
     };
     let gw_listener = match tokio::net::TcpListener::bind(&config.gateway.listen).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("flotilla: cannot listen on {}: {e}", config.gateway.listen);
-            return exit::FAILED;
+            return Exit::Failed;
         }
     };
     let gw_opts = match gateway_options(&config) {
@@ -156,13 +156,13 @@ async fn run_cluster(
             "flotilla: {}: no [[workers]] entry named {WORKER:?}",
             dir.join("cluster.toml").display()
         );
-        return exit::CONFIG;
+        return Exit::Config;
     };
     let password = match worker_cfg.resolve_password() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("flotilla: {e}");
-            return exit::CONFIG;
+            return Exit::Config;
         }
     };
     let api_url = format!("http://{}", config.api.listen);
@@ -185,7 +185,7 @@ async fn run_cluster(
         http,
         store,
     };
-    let master = tokio::spawn(runtime::run(opts, master_shutdown.clone()));
+    let master = tokio::spawn(master::run(opts, master_shutdown.clone()));
     let worker_stop = CancellationToken::new();
     let worker = tokio::spawn(flotilla_worker::run(
         flotilla_worker::WorkerOptions {
@@ -213,9 +213,9 @@ async fn run_cluster(
             );
             wait::for_requests(&api, &created.buildrequest_ids, true).await
         }
-        Err(e) => e.report(),
+        Err(e) => exit::client_error(&e),
     };
-    let verdict = if sample == exit::OK {
+    let verdict = if sample == Exit::Ok {
         "sample build succeeded"
     } else {
         "sample build did not succeed"
@@ -242,11 +242,11 @@ async fn run_cluster(
         Ok(Ok(())) => sample,
         Ok(Err(e)) => {
             eprintln!("flotilla: master stopped: {e}");
-            e.exit_code()
+            Exit::from(&e)
         }
         Err(e) => {
             eprintln!("flotilla: master task failed: {e}");
-            exit::SOFTWARE
+            Exit::Software
         }
     }
 }

@@ -3,24 +3,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_master::runtime::{self, MasterOptions, Shutdown};
+use flotilla_master::master::{self, MasterOptions, Shutdown};
 
 use super::load_config;
 use crate::cli::{GatewayArgs, MasterArgs, WorkerArgs};
-use crate::exit;
+use crate::exit::{self, Exit};
 use crate::signals::Signals;
 
-fn install_signals() -> Result<Signals, i32> {
+fn install_signals() -> Result<Signals, Exit> {
     Signals::install().map_err(|e| {
         eprintln!("flotilla: cannot install signal handlers: {e}");
-        exit::SOFTWARE
+        Exit::Software
     })
 }
 
-async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener, i32> {
+async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener, Exit> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         eprintln!("flotilla: cannot listen for {what} on {addr}: {e}");
-        exit::FAILED
+        Exit::Failed
     })
 }
 
@@ -32,7 +32,7 @@ pub fn default_master_name() -> String {
         .unwrap_or_else(|| "master".to_owned())
 }
 
-pub async fn master(a: MasterArgs) -> i32 {
+pub async fn master(a: MasterArgs) -> Exit {
     let config = match load_config(&a.config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -66,16 +66,16 @@ pub async fn master(a: MasterArgs) -> i32 {
         graceful: signals.graceful.clone(),
         immediate: signals.immediate.clone(),
     };
-    match runtime::run(opts, shutdown).await {
-        Ok(()) => exit::OK,
+    match master::run(opts, shutdown).await {
+        Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("flotilla: master stopped: {e}");
-            e.exit_code()
+            Exit::from(&e)
         }
     }
 }
 
-pub async fn gateway(a: GatewayArgs) -> i32 {
+pub async fn gateway(a: GatewayArgs) -> Exit {
     let config = match load_config(&a.config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -114,17 +114,17 @@ pub async fn gateway(a: GatewayArgs) -> i32 {
         let _ = m.await;
     }
     match served {
-        Ok(()) => exit::OK,
+        Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("flotilla: gateway stopped: {e}");
-            exit::FAILED
+            Exit::Failed
         }
     }
 }
 
 pub fn gateway_options(
     config: &flotilla_master::config::ClusterConfig,
-) -> Result<flotilla_gateway::GatewayOptions, i32> {
+) -> Result<flotilla_gateway::GatewayOptions, Exit> {
     let mut opts = flotilla_gateway::GatewayOptions {
         default_silence_timeout: config.cluster.master_timeout.get() / 2,
         ..Default::default()
@@ -141,19 +141,19 @@ pub fn gateway_options(
             eprintln!(
                 "flotilla: bad configuration: key `gateway.tls_cert`: tls_cert and tls_key go together"
             );
-            return Err(exit::CONFIG);
+            return Err(Exit::Config);
         }
     }
     Ok(opts)
 }
 
-pub async fn worker(a: WorkerArgs) -> i32 {
+pub async fn worker(a: WorkerArgs) -> Exit {
     let password = match (&a.password_env, &a.password_file) {
         (Some(var), _) => match std::env::var(var) {
             Ok(p) => p,
             Err(_) => {
                 eprintln!("flotilla: environment variable {var} (--password-env) is not set");
-                return exit::CONFIG;
+                return Exit::Config;
             }
         },
         (None, Some(path)) => match std::fs::read_to_string(path) {
@@ -163,12 +163,12 @@ pub async fn worker(a: WorkerArgs) -> i32 {
                     "flotilla: cannot read --password-file {}: {e}",
                     path.display()
                 );
-                return exit::CONFIG;
+                return Exit::Config;
             }
         },
         (None, None) => {
             eprintln!("flotilla: give --password-env VAR or --password-file FILE");
-            return exit::USAGE;
+            return Exit::Usage;
         }
     };
     let signals = match install_signals() {
@@ -186,14 +186,10 @@ pub async fn worker(a: WorkerArgs) -> i32 {
         give_up_after_refusals: a.give_up_after_refusals,
     };
     match flotilla_worker::run(opts, signals.graceful.clone()).await {
-        Ok(()) => exit::OK,
-        Err(e @ flotilla_worker::WorkerError::Refused { .. }) => {
-            eprintln!("flotilla: worker stopped: {e}");
-            exit::NO_PERMISSION
-        }
+        Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("flotilla: worker stopped: {e}");
-            exit::FAILED
+            Exit::from(&e)
         }
     }
 }

@@ -13,7 +13,7 @@ use super::client_cmds::BuildsetCreated;
 use super::wait;
 use crate::cli::TryArgs;
 use crate::client::ApiClient;
-use crate::exit;
+use crate::exit::{self, Exit};
 
 fn read_diff(arg: &str) -> Result<String, String> {
     let mut bytes = Vec::new();
@@ -41,17 +41,17 @@ fn local_head() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-pub async fn run(api: &ApiClient, a: TryArgs) -> i32 {
+pub async fn run(api: &ApiClient, a: TryArgs) -> Exit {
     let diff = match read_diff(&a.diff) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("flotilla: {e}");
-            return exit::USAGE;
+            return Exit::Usage;
         }
     };
     if diff.trim().is_empty() {
         eprintln!("flotilla: the patch is empty; nothing to try");
-        return exit::USAGE;
+        return Exit::Usage;
     }
     let baserev = a.baserev.clone().or_else(local_head);
     if a.baserev.is_none()
@@ -71,7 +71,7 @@ pub async fn run(api: &ApiClient, a: TryArgs) -> i32 {
     });
     let created: BuildsetCreated = match api.post("/api/v1/try", &body).await {
         Ok(c) => c,
-        Err(e) => return e.report(),
+        Err(e) => return exit::client_error(&e),
     };
     let ids: Vec<String> = created
         .buildrequest_ids
@@ -86,6 +86,6 @@ pub async fn run(api: &ApiClient, a: TryArgs) -> i32 {
     if a.wait {
         wait::for_requests(api, &created.buildrequest_ids, true).await
     } else {
-        exit::OK
+        Exit::Ok
     }
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::follow::{Build, Follower, is_good};
 use crate::client::ApiClient;
-use crate::exit;
+use crate::exit::{self, Exit};
 
 #[derive(Debug, Deserialize)]
 struct Request {
@@ -32,7 +32,7 @@ const TAIL_LINES: usize = 30;
 const DRAIN_POLLS: usize = 40;
 
 /// Waits for every request; returns 0 only if all ended in success or warnings.
-pub async fn for_requests(api: &ApiClient, ids: &[i64], progress: bool) -> i32 {
+pub async fn for_requests(api: &ApiClient, ids: &[i64], progress: bool) -> Exit {
     let mut followers: HashMap<i64, Follower> = HashMap::new();
     let mut outcome: HashMap<i64, String> = HashMap::new();
     while outcome.len() < ids.len() {
@@ -42,14 +42,14 @@ pub async fn for_requests(api: &ApiClient, ids: &[i64], progress: bool) -> i32 {
             }
             let req: Request = match api.get(&format!("/api/v1/buildrequests/{id}")).await {
                 Ok(r) => r,
-                Err(e) => return e.report(),
+                Err(e) => return exit::client_error(&e),
             };
             let builds: Vec<Build> = match api
                 .get(&format!("/api/v1/builds?buildrequest_id={id}&limit=1"))
                 .await
             {
                 Ok(b) => b,
-                Err(e) => return e.report(),
+                Err(e) => return exit::client_error(&e),
             };
             if let Some(b) = builds.first()
                 && followers.get(&id).is_none_or(|f| f.build_id != b.id)
@@ -86,7 +86,7 @@ pub async fn for_requests(api: &ApiClient, ids: &[i64], progress: bool) -> i32 {
                             }
                             break;
                         }
-                        Err(e) => return e.report(),
+                        Err(e) => return exit::client_error(&e),
                     }
                 }
             }
@@ -107,9 +107,9 @@ pub async fn for_requests(api: &ApiClient, ids: &[i64], progress: bool) -> i32 {
         }
     }
     if outcome.values().all(|r| is_good(r)) {
-        exit::OK
+        Exit::Ok
     } else {
-        exit::FAILED
+        Exit::Failed
     }
 }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::MasterState;
 use crate::schedulers::ownership::Ownership;
+use crate::state::MasterState;
 
 /// `object_owners.kind` of change sources.
 pub const OWNER_KIND: &str = "changesource";

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use super::{CHANGE_SOURCE_KINDS, ClusterConfig, ConfigError, STEP_KINDS};
-use crate::schedulers::cron::CronExpr;
+use crate::cron::CronExpr;
 
 impl ClusterConfig {
     pub(super) fn validate_scheduling(&self, path: &Path) -> Result<(), ConfigError> {

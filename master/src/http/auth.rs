@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use crate::runtime::MasterState;
+use crate::state::MasterState;
 
 /// Paths anyone may read.
 fn is_open(path: &str) -> bool {

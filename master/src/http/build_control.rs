@@ -3,8 +3,8 @@
 //! A build runs on exactly one master, but any master may be asked to stop
 //! it. When it runs here it is interrupted at once (it ends `cancelled`);
 //! otherwise the stop is recorded in the database and the master running it
-//! acts on it in its maintenance loop ([`pick_up_stop_requests`]), within a
-//! heartbeat interval.
+//! acts on it in its maintenance loop
+//! (`runtime::stop_requests`), within a heartbeat interval.
 
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use super::error::{ApiError, ApiResult};
 use super::reads::parse_id;
 use crate::db::{DbError, NewBuildset};
 use crate::metrics::BUILDS_STOPPED;
-use crate::runtime::{AbortReason, MasterState};
+use crate::state::{AbortReason, MasterState};
 
 type St = State<Arc<MasterState>>;
 
@@ -113,20 +113,4 @@ pub async fn rebuild(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Va
     Ok(Json(
         json!({"buildset_id": buildset_id, "buildrequest_ids": ids, "rebuild_of": id}),
     ))
-}
-
-/// Acts on stop requests recorded through other masters for builds running
-/// here. Called from the maintenance loop; costs nothing when nothing runs.
-pub async fn pick_up_stop_requests(st: &MasterState) -> Result<(), DbError> {
-    let running = st.running_requests();
-    if running.is_empty() {
-        return Ok(());
-    }
-    let stop = st.store.take_stop_requests(&running).await?;
-    if !stop.is_empty() {
-        tracing::info!(requests = ?stop, "stopping builds on request");
-        ::metrics::counter!(BUILDS_STOPPED).increment(stop.len() as u64);
-        st.abort_builds(Some(&stop), AbortReason::Stopped);
-    }
-    Ok(())
 }

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::db::{DbError, NewChange};
-use crate::runtime::MasterState;
+use crate::state::MasterState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {

@@ -1,50 +1,16 @@
-//! `/metrics`: the process's metrics in Prometheus text format. The
-//! recorder is installed once per process with the bucket bounds and help
-//! texts of [`crate::metrics`]; gauges read from the database or the worker
-//! registry are refreshed on each scrape.
+//! `/metrics`: the process's metrics in Prometheus text format, from the
+//! recorder that [`crate::metrics::install`] installs once per process;
+//! gauges read from the database or the worker registry are refreshed on
+//! each scrape.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::metrics::{CONNECTED_WORKERS, HISTOGRAM_BUCKETS, PENDING_REQUESTS};
-use crate::runtime::MasterState;
-
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-/// Installs the process-wide Prometheus recorder (once; later calls reuse it).
-pub fn install_metrics() -> Option<PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let mut builder = PrometheusBuilder::new();
-            for (name, buckets) in HISTOGRAM_BUCKETS {
-                builder =
-                    match builder.set_buckets_for_metric(Matcher::Full((*name).into()), buckets) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            tracing::warn!(metric = name, error = %e, "bad histogram buckets");
-                            return None;
-                        }
-                    };
-            }
-            match builder.install_recorder() {
-                Ok(h) => {
-                    // The master and the gateway may share a process (quickstart).
-                    crate::metrics::describe();
-                    crate::metrics::describe_gateway();
-                    Some(h)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics recorder not installed");
-                    None
-                }
-            }
-        })
-        .clone()
-}
+use crate::metrics::{CONNECTED_WORKERS, PENDING_REQUESTS, install};
+use crate::state::MasterState;
 
 pub async fn metrics(State(st): State<Arc<MasterState>>) -> impl IntoResponse {
     ::metrics::gauge!(CONNECTED_WORKERS).set(st.workers.count() as f64);
@@ -56,7 +22,7 @@ pub async fn metrics(State(st): State<Arc<MasterState>>) -> impl IntoResponse {
         }
         Err(e) => tracing::debug!(error = %e, "metrics: cannot read queue depth"),
     }
-    let body = install_metrics().map(|h| h.render()).unwrap_or_default();
+    let body = install().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -69,13 +35,13 @@ pub async fn serve_metrics_only(
     listener: tokio::net::TcpListener,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    install_metrics();
+    install();
     let stopping = stop.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
             axum::routing::get(|| async {
-                let body = install_metrics().map(|h| h.render()).unwrap_or_default();
+                let body = install().map(|h| h.render()).unwrap_or_default();
                 ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
             }),
         )

@@ -25,11 +25,10 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use build_control::pick_up_stop_requests;
 pub use error::{ApiError, ApiResult};
-pub use metrics_route::{install_metrics, serve_metrics_only};
+pub use metrics_route::serve_metrics_only;
 
-use crate::runtime::MasterState;
+use crate::state::MasterState;
 
 /// Largest request body accepted (a try patch fits well within).
 const MAX_BODY: usize = 8 * 1024 * 1024;

@@ -21,7 +21,7 @@ use crate::db::{
     BuildFilter, BuildInfo, ChangeFilter, ChangeInfo, LastBuild, MasterRow, ObjectOwnerRow,
     RequestFilter, RequestRow, StepRow, WorkerPresence,
 };
-use crate::runtime::MasterState;
+use crate::state::MasterState;
 
 type St = State<Arc<MasterState>>;
 type Q = Query<HashMap<String, String>>;

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
 use super::limits;
-use crate::runtime::MasterState;
 use crate::schedulers::{SchedCtx, StartError, TryRequest, buildsets};
+use crate::state::MasterState;
 
 fn one() -> i32 {
     1

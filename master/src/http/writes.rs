@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, ApiResult};
 use super::limits;
 use crate::db::{NewBuildset, NewChange, SourceStamp};
-use crate::runtime::MasterState;
+use crate::state::MasterState;
 
 type St = State<Arc<MasterState>>;
 

@@ -13,23 +13,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::build_log::{BuildLog, FLUSH_EVERY};
-use super::workers::{CommandEvent, IdleWorker};
-use super::{MasterState, RunningBuild};
 use crate::config::StepConfig;
 use crate::db::{BuildRow, DbError, RequestDetails, Results};
-
-/// Why a build was stopped before its steps ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AbortReason {
-    /// The claim is no longer ours (renewal found it gone, or we were fenced): write no outcome.
-    LostClaim,
-    /// This master is shutting down: the request goes back to the queue.
-    Shutdown,
-    /// The worker went away: the request goes back to the queue.
-    WorkerLost,
-    /// A user stopped the build: it ends `cancelled`.
-    Stopped,
-}
+use crate::state::{AbortReason, CommandEvent, IdleWorker, MasterState, RunningBuild};
 
 /// How long to wait for a worker to confirm an interrupted command ended.
 const INTERRUPT_WAIT: Duration = Duration::from_secs(10);

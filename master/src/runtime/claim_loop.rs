@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::workers::IdleWorker;
-use super::{MasterState, build};
+use super::build;
+use crate::state::{IdleWorker, MasterState};
 
 /// How long to back off after a database error.
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);

@@ -19,9 +19,9 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{AbortReason, MasterState};
 use crate::db::HeartbeatLink;
 use crate::metrics as m;
+use crate::state::{AbortReason, MasterState};
 
 pub async fn run(state: Arc<MasterState>, stop: CancellationToken) {
     let beat = state.config.cluster.heartbeat_interval.get();
@@ -51,18 +51,18 @@ pub async fn run(state: Arc<MasterState>, stop: CancellationToken) {
                     "this incarnation was declared dead by the cluster; stopping its builds and joining again"
                 );
                 state.db_healthy.store(false, Ordering::SeqCst);
-                match super::rejoin(&state).await {
+                match super::incarnation::rejoin(&state).await {
                     Ok(()) => {
                         state.live.reset(Instant::now());
                         state.db_healthy.store(true, Ordering::SeqCst);
                         state.wake.notify_one();
                     }
-                    Err(super::RejoinError::NameInUse(msg)) => {
+                    Err(super::incarnation::RejoinError::NameInUse(msg)) => {
                         tracing::error!("{msg}");
                         state.fatal(msg);
                         return;
                     }
-                    Err(super::RejoinError::Db(e)) => {
+                    Err(super::incarnation::RejoinError::Db(e)) => {
                         tracing::warn!(error = %e, "could not join again; retrying")
                     }
                 }

@@ -16,8 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use super::MasterState;
-use super::workers::{CommandEvent, WorkerKey};
+use crate::state::{CommandEvent, MasterState, WorkerKey};
 
 const OUTBOUND_QUEUE: usize = 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

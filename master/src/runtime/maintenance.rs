@@ -18,9 +18,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::reaper::Reaper;
-use super::{AbortReason, MasterState};
+use super::stop_requests;
 use crate::db::{DbError, within};
 use crate::metrics as m;
+use crate::state::{AbortReason, MasterState};
 
 /// How often a master checks the builders' written claim counts.
 const RECOUNT_EVERY: Duration = Duration::from_secs(60);
@@ -80,7 +81,7 @@ impl Rounds {
             state.wake.notify_one();
         }
         self.reaper.run_once(state).await?;
-        crate::http::pick_up_stop_requests(state).await?;
+        stop_requests::pick_up_stop_requests(state).await?;
         if Instant::now() >= self.next_renew {
             let held = state.running_requests();
             if !held.is_empty() {

@@ -20,9 +20,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::MasterState;
 use crate::db::{DbError, MasterId};
 use crate::metrics as m;
+use crate::state::MasterState;
 
 /// What an observer has seen of each other active master.
 #[derive(Debug, Default)]

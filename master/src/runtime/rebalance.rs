@@ -14,8 +14,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use super::MasterState;
 use crate::db::DbError;
+use crate::state::MasterState;
 
 /// How long a worker this master handed away stays put.
 pub const COOLDOWN: Duration = Duration::from_secs(60);

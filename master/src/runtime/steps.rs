@@ -14,11 +14,11 @@ use std::time::Duration;
 use flotilla_proto::v1::FileUpload;
 use tokio_util::sync::CancellationToken;
 
-use super::MasterState;
 use super::build_log::BuildLog;
 use crate::config::StepConfig;
 use crate::db::{DbError, RequestDetails, Results};
 use crate::schedulers::{SchedCtx, StartError, buildsets};
+use crate::state::MasterState;
 
 /// Where the try patch lands, relative to the step's workdir.
 pub const PATCH_FILE: &str = ".flotilla-try.patch";

@@ -25,7 +25,6 @@
 pub mod buildsets;
 mod changes;
 pub mod clock;
-pub mod cron;
 mod dependent;
 pub mod ownership;
 mod timed;
@@ -43,7 +42,7 @@ pub use clock::Clock;
 
 use crate::config::{ClusterConfig, SchedulerConfig};
 use crate::db::{DbError, MasterId, Store};
-use crate::runtime::MasterState;
+use crate::state::MasterState;
 use ownership::Ownership;
 
 /// `object_owners.kind` of schedulers.
@@ -126,7 +125,7 @@ impl Engine {
             match self.tick_one(s).await {
                 Ok(n) => created += n,
                 Err(e) => {
-                    metrics::counter!("flotilla_database_errors_total").increment(1);
+                    metrics::counter!(crate::metrics::DATABASE_ERRORS).increment(1);
                     tracing::warn!(scheduler = %s.name, error = %e, "scheduler tick failed; will retry");
                 }
             }

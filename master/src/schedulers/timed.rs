@@ -16,9 +16,9 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::json;
 
 use super::buildsets::{Firing, StateMove};
-use super::cron::CronExpr;
 use super::{SchedCtx, buildsets, object_name};
 use crate::config::SchedulerConfig;
+use crate::cron::CronExpr;
 use crate::db::{DbError, SourceStamp};
 
 fn sourcestamp(s: &SchedulerConfig) -> SourceStamp {

@@ -199,12 +199,11 @@ impl WorkerRegistry {
                 if let Some(w) = inner.workers.get_mut(&from) {
                     w.foreign += 1;
                     if w.foreign > FOREIGN_LOGGED {
-                        metrics::counter!("flotilla_master_foreign_worker_messages_total")
-                            .increment(1);
+                        metrics::counter!(crate::metrics::FOREIGN_WORKER_MESSAGES).increment(1);
                         return None;
                     }
                 }
-                metrics::counter!("flotilla_master_foreign_worker_messages_total").increment(1);
+                metrics::counter!(crate::metrics::FOREIGN_WORKER_MESSAGES).increment(1);
                 tracing::warn!(
                     command = command_id,
                     ?from,
