@@ -12,6 +12,7 @@
 //! - [`janitor`]: retention: deleting data older than the configured horizons.
 //! - [`metrics`]: the names and descriptions of every exported metric.
 //! - [`schedulers`]: what turns changes, time and other builds into buildsets, each scheduler on one master.
+//! - [`reporters`]: build starts and ends sent to GitHub, GitLab or any HTTP endpoint, through an outbox.
 //! - [`changesource`]: pollers that turn new commits into changes, each on one master.
 
 pub mod changesource;
@@ -20,5 +21,6 @@ pub mod db;
 pub mod http;
 pub mod janitor;
 pub mod metrics;
+pub mod reporters;
 pub mod runtime;
 pub mod schedulers;
