@@ -191,13 +191,14 @@ async fn statuses_reach_github_gitlab_and_a_signed_webhook_in_order() {
     }
 
     // The webhook: one signed document per finished build of "unit".
+    let builds = requests.len();
     let hooks = eventually("webhook documents", Duration::from_secs(60), || {
         let got: Vec<Call> = host
             .calls()
             .into_iter()
             .filter(|c| c.path == "/hook")
             .collect();
-        async move { (got.len() >= requests.len()).then_some(got) }
+        async move { (got.len() >= builds).then_some(got) }
     })
     .await;
     assert_eq!(hooks.len(), requests.len(), "one document per build");
@@ -317,7 +318,7 @@ async fn failed_deliveries_are_retried_and_a_refusal_is_final() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_final_status_arrives_and_none_is_overwritten_while_masters_are_killed() {
-    const BUILDS: usize = 60;
+    const BUILDS: usize = 100;
     let host = CodeHost::start().await;
     host.fail_percent(20);
     let mut spec = ClusterSpec::new(3, 4, "");
@@ -355,7 +356,7 @@ async fn every_final_status_arrives_and_none_is_overwritten_while_masters_are_ki
                 && let Ok(v) = r.json::<Value>().await
             {
                 ids.push((v["buildrequest_ids"][0].as_i64().unwrap(), rev));
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
