@@ -174,8 +174,8 @@ async fn prepare(state: &MasterState) -> Result<(), crate::db::DbError> {
             .unwrap_or_else(|| format!("http://{}", state.config.api.listen))
     };
     for n in fresh {
-        if !builds.contains_key(&n.build_id) {
-            builds.insert(n.build_id, store.reported_build(n.build_id).await?);
+        if let std::collections::hash_map::Entry::Vacant(slot) = builds.entry(n.build_id) {
+            slot.insert(store.reported_build(n.build_id).await?);
         }
         let prepared = match (state.config.reporter(&n.reporter), &builds[&n.build_id]) {
             (None, _) => Err(format!("reporter {:?} is no longer configured", n.reporter)),
