@@ -222,3 +222,73 @@ impl ClusterConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const BUILDER: &str = "[[builders]]\nname = \"unit\"\n\n";
+
+    fn load(reporters: &str) -> Result<ClusterConfig, ConfigError> {
+        ClusterConfig::from_toml(
+            &format!("{BUILDER}{reporters}"),
+            Path::new("cluster.toml"),
+            std::iter::empty::<(String, String)>(),
+        )
+    }
+
+    fn error_of(reporters: &str) -> String {
+        load(reporters).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_github_reporter_has_its_defaults() {
+        let c =
+            load("[[reporters]]\nname = \"gh\"\nkind = \"github\"\ntoken_env = \"T\"\n").unwrap();
+        let r = c.reporter("gh").unwrap();
+        assert_eq!(r.api_base(), GITHUB_API);
+        assert_eq!(r.context_for("unit", "main"), "unit");
+        assert!(r.wants_builder("unit") && r.wants_event("started") && r.wants_event("finished"));
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        for (toml, key) in [
+            ("name = \"x\"\nkind = \"jira\"\n", "reporters[0].kind"),
+            (
+                "name = \"x\"\nkind = \"github\"\n",
+                "reporters[0].token_env",
+            ),
+            ("name = \"x\"\nkind = \"http\"\n", "reporters[0].url"),
+            (
+                "name = \"x\"\nkind = \"http\"\nurl = \"ftp://h\"\n",
+                "reporters[0].url",
+            ),
+            (
+                "name = \"x\"\nkind = \"gitlab\"\ntoken_env = \"T\"\nbuilders = [\"nope\"]\n",
+                "reporters[0].builders",
+            ),
+            (
+                "name = \"x\"\nkind = \"gitlab\"\ntoken_env = \"T\"\nevents = [\"queued\"]\n",
+                "reporters[0].events",
+            ),
+            (
+                "name = \"x\"\nkind = \"http\"\nurl = \"http://h\"\ntoken_env = \"T\"\n",
+                "reporters[0].token_env",
+            ),
+        ] {
+            let e = error_of(&format!("[[reporters]]\n{toml}"));
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        let twice = "[[reporters]]\nname = \"x\"\nkind = \"http\"\nurl = \"http://h\"\n";
+        assert!(error_of(&format!("{twice}{twice}")).contains("reporters[1].name"));
+        assert!(
+            error_of(
+                "[[reporters]]\nname = \"x\"\nkind = \"http\"\nurl = \"http://h\"\nsecret = \"s\"\n"
+            )
+            .contains("secret")
+        );
+    }
+}
