@@ -14,6 +14,7 @@
 //! - [`changesource`]: pollers that turn new commits into changes, each on one master.
 //! - [`schedulers`]: what turns changes, time and other builds into buildsets, each scheduler on one master.
 //! - [`janitor`]: retention: deleting data older than the configured horizons.
+//! - [`reporters`]: build starts and ends sent to GitHub, GitLab or any HTTP endpoint, through an outbox.
 //! - [`state`]: what the tasks share: identity, liveness, workers, running builds, shutdown.
 //! - [`db`]: the schema, migrations and every SQL statement, including the claim protocol.
 //! - [`config`]: the cluster TOML file, shared by every master and the gateway.
@@ -28,6 +29,7 @@ pub mod http;
 pub mod janitor;
 pub mod master;
 pub mod metrics;
+pub mod reporters;
 pub mod runtime;
 pub mod schedulers;
 pub mod state;

@@ -118,6 +118,7 @@ pub async fn run(opts: MasterOptions, shutdown: Shutdown) -> Result<(), MasterEr
         state.clone(),
         stop_all.clone(),
     ));
+    crate::reporters::start(&state, &stop_all);
     let claim_stop = CancellationToken::new();
     let claimer = tokio::spawn(claim_loop::run(state.clone(), claim_stop.clone()));
     let schedulers = tokio::spawn(crate::schedulers::run(state.clone(), stop_all.clone()));

@@ -75,6 +75,13 @@ pub const HTTP_REQUESTS: &str = "flotilla_http_requests_total";
 pub const SCHEDULER_BUILDSETS: &str = "flotilla_scheduler_buildsets_total";
 /// Output or exits from a worker for a command this master did not send it (counter).
 pub const FOREIGN_WORKER_MESSAGES: &str = "flotilla_master_foreign_worker_messages_total";
+/// Reporter deliveries sent and accepted, per `reporter` (counter).
+pub const REPORTER_DELIVERIES_SENT: &str = "flotilla_reporter_deliveries_sent_total";
+/// Reporter delivery attempts that failed, per `reporter` and `final`
+/// (`true`: given up; `false`: to be tried again) (counter).
+pub const REPORTER_DELIVERIES_FAILED: &str = "flotilla_reporter_deliveries_failed_total";
+/// Seconds since the oldest reporter delivery still to send was enqueued (gauge).
+pub const REPORTER_PENDING_AGE: &str = "flotilla_reporter_pending_age_seconds";
 
 /// The gateway's metrics: `(name, kind, help)`.
 pub const GATEWAY_METRICS: &[(&str, Kind, &str)] = &[
@@ -281,6 +288,19 @@ pub fn describe() {
     describe_counter!(
         FOREIGN_WORKER_MESSAGES,
         "Output or exits from a worker for a command this master did not send it"
+    );
+    describe_counter!(
+        REPORTER_DELIVERIES_SENT,
+        "Reporter deliveries sent and accepted, per reporter"
+    );
+    describe_counter!(
+        REPORTER_DELIVERIES_FAILED,
+        "Reporter delivery attempts that failed, per reporter and whether it was given up (final)"
+    );
+    describe_gauge!(
+        REPORTER_PENDING_AGE,
+        Unit::Seconds,
+        "Age of the oldest reporter delivery still to send"
     );
 }
 

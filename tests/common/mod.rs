@@ -8,6 +8,7 @@
 pub mod bad_worker;
 pub mod browser;
 pub mod cluster;
+pub mod code_host;
 pub mod database;
 pub mod galera;
 pub mod ledger;

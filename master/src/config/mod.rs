@@ -7,12 +7,14 @@
 
 mod duration;
 mod model;
+mod reporters;
 mod scheduling;
 
 use std::path::{Path, PathBuf};
 
 pub use duration::Dur;
 pub use model::*;
+pub use reporters::*;
 
 /// Why a cluster file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +218,8 @@ impl ClusterConfig {
                 }
             }
         }
-        self.validate_scheduling(path)
+        self.validate_scheduling(path)?;
+        self.validate_reporters(path)
     }
 
     pub fn builder(&self, name: &str) -> Option<&BuilderConfig> {

@@ -34,6 +34,9 @@ pub struct ClusterConfig {
     /// `[retention]`: how long the janitor keeps old data.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// `[[reporters]]`: commit statuses and build documents sent out.
+    #[serde(default)]
+    pub reporters: Vec<super::reporters::ReporterConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

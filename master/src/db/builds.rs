@@ -10,7 +10,7 @@ use super::buildset_finish::count_down_buildsets;
 use super::claims::count_claims;
 use super::error::is_unique_violation;
 use super::rows::{DbRow, InsertId};
-use super::{BeginWrite, BuildRow, DbError, MasterId, Results, Store, mysql_script};
+use super::{BeginWrite, BuildRow, DbError, MasterId, Results, Store, mysql_script, outbox};
 
 /// Attempts at picking the next build number when another master takes the
 /// same number for the same builder at the same moment.
@@ -124,6 +124,8 @@ impl Store {
                 worker_id,
                 started_at: row.time("started_at")?,
             };
+            // Reporters (outbox): the start is reported iff it commits.
+            outbox::enqueue_for_build!(self, tx, d, id, outbox::Phase::Started);
             tx.commit().await?;
             Ok(Some(build))
         })
@@ -144,9 +146,13 @@ impl Store {
         complete_request: bool,
     ) -> Result<bool, DbError> {
         if complete_request {
+            // Reporters (outbox): the script's statement enqueuing the end.
+            let enqueue = &outbox::script_enqueue_finished(&self.report_routes(), build_id);
             let script = self.try_script(|pool| async move {
-                mysql_script::finish_build_completing(&pool, me, build_id, request_id, results)
-                    .await
+                mysql_script::finish_build_completing(
+                    &pool, me, build_id, request_id, results, enqueue,
+                )
+                .await
             });
             if let Some(done) = script.await {
                 return done;
@@ -206,6 +212,8 @@ impl Store {
                 .bind(me)
                 .execute(&mut *tx)
                 .await?;
+            // Reporters (outbox): the end is reported iff it commits.
+            outbox::enqueue_for_build!(self, tx, d, build_id, outbox::Phase::Finished);
             tx.commit().await?;
             Ok(held.is_some())
         })

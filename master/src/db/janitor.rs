@@ -173,8 +173,11 @@ impl Store {
             .await
     }
 
-    /// Deletes builds with their steps, logs and chunks.
+    /// Deletes builds with their steps, logs and chunks, and their
+    /// reporter deliveries (no foreign key there).
     pub async fn janitor_delete_builds(&self, ids: &[i64]) -> Result<u64, DbError> {
+        self.janitor_delete("report_deliveries", "buildid", ids)
+            .await?;
         self.janitor_delete("builds", "id", ids).await
     }
 

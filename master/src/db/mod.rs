@@ -22,7 +22,8 @@
 //! (migrations), `masters`, `claims`, `candidates`, `mysql_script` (the claim loop's hot
 //! transactions as one round trip each on MySQL), `buildset_finish`,
 //! `requests` (changes, buildsets), `builds` (builds and steps), `logs`,
-//! `reads` and `change_reads` (API listings), `state` (key/value state and
+//! `reads` and `change_reads` (API listings), `outbox` and
+//! `report_deliveries` (the reporters' queue), `state` (key/value state and
 //! object ownership), `janitor`, `presence`, `control`.
 
 use std::str::FromStr;
@@ -86,9 +87,11 @@ mod janitor;
 mod logs;
 mod masters;
 mod mysql_script;
+pub mod outbox;
 mod presence;
 mod reads;
 mod recount;
+mod report_deliveries;
 mod requests;
 pub(crate) mod rows;
 mod schedulers;
@@ -101,6 +104,7 @@ pub use error::DbError;
 pub use heartbeat::HeartbeatLink;
 pub use janitor::{Cutoffs, JanitorCounts};
 pub use presence::WorkerPresence;
+pub use report_deliveries::*;
 pub use schedulers::{BuildsetStatus, ChangeRow};
 pub use types::*;
 
@@ -138,6 +142,8 @@ pub struct Store {
     /// (`mysql_script`); cleared, for every clone, when the server turns out
     /// not to accept them.
     scripts: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Which reporters want which builds (`outbox`).
+    outbox: outbox::Routes,
 }
 
 impl std::fmt::Debug for Store {
@@ -287,6 +293,7 @@ impl Store {
             return Ok(Store {
                 pool: Pool::MySql(pool),
                 scripts: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(!galera)),
+                outbox: Default::default(),
             });
         }
         if is_sqlite_url(url) {
@@ -317,6 +324,7 @@ impl Store {
             return Ok(Store {
                 pool: Pool::Sqlite(pool),
                 scripts: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                outbox: Default::default(),
             });
         }
         Err(DbError::BadUrl(format!(

@@ -286,12 +286,15 @@ pub(crate) async fn finish_build_completing(
     build_id: i64,
     request_id: i64,
     results: Results,
+    outbox: &str,
 ) -> Result<bool, DbError> {
+    // `outbox`: the reporters' enqueue statement (`outbox::script_enqueue_finished`).
     let body = format!(
         "{completion}\
          UPDATE builds SET complete_at = NOW(6), \
          results = IF(@flotilla_completed = 1, {code}, {retry}) \
          WHERE id = {build_id} AND masterid = {me} AND complete_at IS NULL; \
+         {outbox}\
          COMMIT; SELECT @flotilla_completed AS completed",
         completion = completion_statements(me, &[request_id], results),
         code = results.as_i64(),

@@ -5,6 +5,7 @@
 mod auth;
 mod build_control;
 mod dashboard;
+mod deliveries;
 mod error;
 mod hooks;
 mod limits;
@@ -55,6 +56,10 @@ pub fn router(state: Arc<MasterState>) -> Router {
         .route("/api/v1/builds/{id}/stop", post(build_control::stop_build))
         .route("/api/v1/builds/{id}/rebuild", post(build_control::rebuild))
         .route("/api/v1/builds/{id}/steps", get(reads::steps))
+        .route(
+            "/api/v1/builds/{id}/deliveries",
+            get(deliveries::build_deliveries),
+        )
         .route("/api/v1/builds/{id}/steps/{n}/log", get(reads::step_log))
         .route("/api/v1/force", post(writes::force))
         .route("/api/v1/changes", get(reads::changes).post(writes::changes))

@@ -1,0 +1,167 @@
+//! Sending one prepared delivery and judging the answer: 2xx is sent; 429,
+//! 5xx, a timeout or a broken connection are tried again after a backoff
+//! (or the server's `Retry-After`); any other answer is final and logged.
+
+use std::time::Duration;
+
+use hmac::{KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::config::ReporterConfig;
+use crate::db::{Delivery, DeliveryOutcome};
+
+/// The header carrying the http reporter's signature: `sha256=<hex>`, the
+/// HMAC-SHA256 of the body keyed with the reporter's secret.
+pub const SIGNATURE_HEADER: &str = "X-Flotilla-Signature";
+
+/// Longest wait between attempts (a `Retry-After` may ask for more, up to an hour).
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// The wait before attempt `attempts + 1`: 1 s doubling, capped, with up
+/// to a fifth more at random so masters do not retry in step.
+pub fn backoff(attempts: i64) -> Duration {
+    let exp = u32::try_from(attempts.clamp(0, 16)).unwrap_or(16);
+    let base = Duration::from_secs(1u64 << exp).min(MAX_BACKOFF);
+    let jitter = rand::random::<f64>() * 0.2;
+    base.mul_f64(1.0 + jitter)
+}
+
+/// The `Retry-After` of an answer in seconds (the HTTP-date form is not
+/// used by the code hosts' APIs), capped.
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?;
+    let secs: u64 = v.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// The hex HMAC-SHA256 of `body` under `key`.
+pub fn sign(key: &[u8], body: &[u8]) -> String {
+    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key)
+        .expect("HMAC takes a key of any length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn env(var: &str) -> Result<String, String> {
+    std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+}
+
+/// Send `delivery` for `reporter`, waiting at most `timeout`.
+pub async fn send(
+    client: &reqwest::Client,
+    reporter: &ReporterConfig,
+    delivery: &Delivery,
+    timeout: Duration,
+) -> DeliveryOutcome {
+    let horizon = reporter.retry_horizon.get();
+    let refused = |error: String| DeliveryOutcome::Refused {
+        http_status: 0,
+        error,
+    };
+    let request = match build_request(client, reporter, delivery) {
+        Ok(r) => r,
+        Err(e) => return refused(e),
+    };
+    let failed = |http_status: Option<u16>, error: String, delay: Option<Duration>| {
+        DeliveryOutcome::Failed {
+            http_status,
+            error,
+            delay: delay.unwrap_or_else(|| backoff(delivery.attempts)),
+            horizon,
+        }
+    };
+    match request.timeout(timeout).send().await {
+        Err(e) if e.is_timeout() => failed(None, format!("no answer within {timeout:?}"), None),
+        Err(e) => failed(None, format!("request failed: {e}"), None),
+        Ok(resp) => {
+            let status = resp.status();
+            let code = status.as_u16();
+            if status.is_success() {
+                return DeliveryOutcome::Sent { http_status: code };
+            }
+            let wait = retry_after(&resp);
+            let text: String = resp
+                .text()
+                .await
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect();
+            let error = format!("HTTP {code}: {text}");
+            if code == 429 || status.is_server_error() {
+                failed(Some(code), error, wait)
+            } else {
+                DeliveryOutcome::Refused {
+                    http_status: code,
+                    error,
+                }
+            }
+        }
+    }
+}
+
+fn build_request(
+    client: &reqwest::Client,
+    reporter: &ReporterConfig,
+    delivery: &Delivery,
+) -> Result<reqwest::RequestBuilder, String> {
+    let body = delivery.body.clone();
+    let req = match reporter.kind.as_str() {
+        "http" => {
+            let url = reporter.url.as_deref().unwrap_or_default();
+            let mut req = client
+                .post(url)
+                .header("X-Flotilla-Event", delivery.phase.name())
+                .header("X-Flotilla-Delivery", delivery.id.to_string());
+            if let Some(var) = &reporter.secret_env {
+                let key = env(var)?;
+                let sig = sign(key.as_bytes(), body.as_bytes());
+                req = req.header(SIGNATURE_HEADER, format!("sha256={sig}"));
+            }
+            req
+        }
+        "github" => {
+            let token = env(reporter.token_env.as_deref().unwrap_or_default())?;
+            client
+                .post(format!("{}{}", reporter.api_base(), delivery.target))
+                .bearer_auth(token)
+                .header("Accept", "application/vnd.github+json")
+                .header("X-GitHub-Api-Version", "2022-11-28")
+        }
+        _ => {
+            let token = env(reporter.token_env.as_deref().unwrap_or_default())?;
+            client
+                .post(format!("{}{}", reporter.api_base(), delivery.target))
+                .header("PRIVATE-TOKEN", token)
+        }
+    };
+    Ok(req
+        .header("Content-Type", "application/json")
+        .header(
+            "User-Agent",
+            concat!("flotilla/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(0) >= Duration::from_secs(1) && backoff(0) < Duration::from_secs(2));
+        assert!(backoff(3) >= Duration::from_secs(8));
+        assert!(backoff(40) <= MAX_BACKOFF.mul_f64(1.2));
+    }
+
+    #[test]
+    fn the_signature_is_the_hmac_of_the_body() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
