@@ -48,7 +48,7 @@ struct BbWorker {
 
 impl BbWorker {
     fn start(bin: &Path, dir: &Path, name: &str, password: &str, master: &str) -> BbWorker {
-        let basedir = dir.join(format!("bb-{name}"));
+        let basedir = dir.join(format!("bb-{name}-{}", password.len()));
         let status = Command::new(bin)
             .args(["create-worker", "--protocol=msgpack_experimental_v7"])
             .arg(&basedir)
@@ -255,6 +255,38 @@ async fn builds_run_once_with_live_logs_and_their_exit_codes() {
         );
         let s = Setup::start("bbonce", 2, &builders, &bin).await;
 
+        // The API and the dashboard's data say what the worker is (once it
+        // registered again with the facts of its first `get_worker_info`).
+        let url = format!("{}/api/v1/workers", s.cluster.api(0));
+        eventually("the worker's kind and version listed", WAIT, || async {
+            let workers = s.cluster.get(&url).await?;
+            let bb = workers
+                .as_array()?
+                .iter()
+                .find(|w| w["name"] == "bb")?
+                .clone();
+            (bb["kind"] == "buildbot" && bb["version"].as_str() == Some(version.as_str()))
+                .then_some(())
+        })
+        .await;
+
+        // A second process under the same name with a wrong password is
+        // refused before the upgrade, logged, and changes nothing.
+        let impostor = BbWorker::start(
+            &bin,
+            s.cluster.dir.path(),
+            "bb",
+            "not-the-secret",
+            &s.relay.addr(),
+        );
+        eventually("the refusal logged", WAIT, || async {
+            let logs = s.cluster.dump();
+            (logs.contains("Buildbot worker refused before the upgrade")
+                && logs.contains("wrong password"))
+            .then_some(())
+        })
+        .await;
+
         // Output reaches the step log while the command still runs.
         let live = s.cluster.force(0, "live", "r-live").await;
         let build = s.running_build(live).await;
@@ -308,6 +340,7 @@ async fn builds_run_once_with_live_logs_and_their_exit_codes() {
         assert!(has_line(&log, "second line"), "{log}");
         // The worker's environment never reaches a log (logEnviron is off).
         assert!(!log.contains("environment:"), "{log}");
+        drop(impostor);
     }
 }
 
