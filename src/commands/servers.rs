@@ -109,7 +109,7 @@ pub async fn gateway(a: GatewayArgs) -> i32 {
         None => None,
     };
     let buildbot = match &config.gateway.buildbot_listen {
-        Some(b) => match bind(b, "Buildbot workers").await {
+        Some(b) => match bind(b, "Buildbot workers ([gateway] buildbot_listen)").await {
             Ok(l) => Some(l),
             Err(code) => return code,
         },
