@@ -108,8 +108,16 @@ pub async fn gateway(a: GatewayArgs) -> Exit {
         }
         None => None,
     };
+    let buildbot = match &config.gateway.buildbot_listen {
+        Some(b) => match bind(b, "Buildbot workers ([gateway] buildbot_listen)").await {
+            Ok(l) => Some(l),
+            Err(code) => return code,
+        },
+        None => None,
+    };
     tracing::info!(%addr, "gateway listening");
-    let served = flotilla_gateway::serve(listener, opts, signals.graceful.clone()).await;
+    let served =
+        flotilla_gateway::serve_with(listener, buildbot, opts, signals.graceful.clone()).await;
     if let Some(m) = metrics_server {
         let _ = m.await;
     }

@@ -100,6 +100,8 @@ pub struct ClusterSpec {
     pub relays: bool,
     /// Extra `[cluster]` keys (TOML lines) for the cluster file.
     pub cluster_extra: String,
+    /// Extra `[gateway]` keys (TOML lines) for the cluster file.
+    pub gateway_extra: String,
     /// Pause between starting one master and the next (zero: all at once,
     /// which leaves their heartbeat loops in step with each other).
     pub master_start_gap: Duration,
@@ -121,6 +123,7 @@ impl ClusterSpec {
             database_url: None,
             relays: false,
             cluster_extra: String::new(),
+            gateway_extra: String::new(),
             master_start_gap: Duration::ZERO,
         }
     }
@@ -186,13 +189,14 @@ impl Cluster {
         let mut toml = format!(
             "[database]\nurl = \"{}\"\n\n[cluster]\nheartbeat_interval = \"{}\"\nmaster_timeout = \"{}\"\n\
              claim_renew_interval = \"2s\"\nclaim_lease = \"60s\"\nshutdown_grace = \"{}\"\npoll_interval = \"{}\"\n{}\n\
-             [gateway]\nlisten = \"127.0.0.1:{gateway_port}\"\n\n",
+             [gateway]\nlisten = \"127.0.0.1:{gateway_port}\"\n{}\n",
             db_url,
             spec.heartbeat_interval,
             spec.master_timeout,
             spec.shutdown_grace,
             spec.poll_interval,
-            spec.cluster_extra
+            spec.cluster_extra,
+            spec.gateway_extra
         );
         for (name, _) in &spec.workers {
             toml.push_str(&format!(

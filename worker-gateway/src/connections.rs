@@ -101,6 +101,11 @@ pub(crate) struct GuardedStream {
 }
 
 impl GuardedStream {
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self._slot.peer
+    }
+
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         if self.handshaken.load(Ordering::SeqCst) {
             self.deadline = None;

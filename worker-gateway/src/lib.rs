@@ -9,6 +9,7 @@
 //! land on another master. The gateway keeps no state beyond its connections.
 
 mod admission;
+mod buildbot;
 mod connections;
 mod error;
 mod master_link;
@@ -53,21 +54,36 @@ pub async fn serve(
     opts: GatewayOptions,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    serve_with(listener, None, opts, shutdown).await
+}
+
+/// Like [`serve`], and also accepts unmodified Buildbot workers (msgpack over
+/// WebSocket) on `buildbot`, when given.
+pub async fn serve_with(
+    listener: TcpListener,
+    buildbot: Option<TcpListener>,
+    opts: GatewayOptions,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
     let tls = opts.tls.as_ref().map(server_tls).transpose()?;
     let addr = listener.local_addr()?;
     let registry = Arc::new(Registry::new(gateway_id()));
     let opts = Arc::new(opts);
     let connections = Arc::new(connections::Connections::default());
 
-    let workers = WorkerGatewayServer::new(WorkerGatewayService {
+    let sessions = WorkerGatewayService {
         registry: registry.clone(),
         opts: opts.clone(),
         shutdown: shutdown.clone(),
         throttle: Arc::new(admission::Throttle::default()),
         connections: connections.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    };
+    let buildbot_task = buildbot
+        .map(|l| buildbot::listen(l, sessions.clone(), connections.clone()))
+        .transpose()?;
+    let workers = WorkerGatewayServer::new(sessions)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let masters = MasterLinkServer::new(MasterLinkService {
         registry: registry.clone(),
         opts: opts.clone(),
@@ -126,6 +142,9 @@ pub async fn serve(
                 Err(_) => warn!("gateway connections still open after {SHUTDOWN_GRACE:?}; closing them"),
             }
         }
+    }
+    if let Some(task) = buildbot_task {
+        task.abort();
     }
     info!(%addr, "worker gateway stopped");
     Ok(())

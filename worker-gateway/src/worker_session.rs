@@ -67,7 +67,9 @@ const CLAIM_ATTEMPTS: usize = 3;
 /// Foreign messages of one session logged at warn before the rest go to debug.
 const FOREIGN_LOGGED: u32 = 3;
 
-/// Implements `flotilla.v1.WorkerGateway`.
+/// Implements `flotilla.v1.WorkerGateway`; also starts the sessions of
+/// workers that speak another protocol (see `buildbot`).
+#[derive(Clone)]
 pub(crate) struct WorkerGatewayService {
     pub registry: Arc<Registry>,
     pub opts: Arc<GatewayOptions>,
@@ -78,7 +80,7 @@ pub(crate) struct WorkerGatewayService {
 
 /// Checks the sizes in a `Register`, so a hostile one cannot make the
 /// gateway or a master carry megabytes per attempt.
-fn check_register(r: &Register) -> Result<(), Status> {
+pub(crate) fn check_register(r: &Register) -> Result<(), Status> {
     if r.name.is_empty() {
         return Err(Status::invalid_argument("Register.name must not be empty"));
     }
@@ -148,7 +150,42 @@ impl WorkerGateway for WorkerGatewayService {
         };
         check_register(&register)?;
         self.connections.handshaken(peer);
+        let worker_rx = self.start_session(register, peer, WorkerInbound::Grpc(Box::new(inbound)));
+        Ok(Response::new(ReceiverStream::new(worker_rx)))
+    }
+}
 
+/// Where a session reads its worker's messages from: a gRPC stream, or a
+/// translator for another worker protocol feeding a channel (its end is the
+/// worker's end of stream).
+pub(crate) enum WorkerInbound {
+    Grpc(Box<Streaming<WorkerMessage>>),
+    Channel(mpsc::Receiver<Result<WorkerMessage, Status>>),
+}
+
+impl WorkerInbound {
+    /// The next message (cancel-safe); `Ok(None)` at the end of the stream.
+    async fn message(&mut self) -> Result<Option<WorkerMessage>, Status> {
+        match self {
+            Self::Grpc(s) => s.message().await,
+            Self::Channel(rx) => rx.recv().await.transpose(),
+        }
+    }
+}
+
+/// What a session sends towards its worker.
+pub(crate) type WorkerRx = mpsc::Receiver<Result<GatewayMessage, Status>>;
+
+impl WorkerGatewayService {
+    /// Starts the session of a worker whose `Register` was checked; returns
+    /// the messages for the worker. The session goes through admission,
+    /// authentication and routing exactly as a gRPC worker's does.
+    pub(crate) fn start_session(
+        &self,
+        register: Register,
+        peer: Option<std::net::SocketAddr>,
+        inbound: WorkerInbound,
+    ) -> WorkerRx {
         let (worker_tx, worker_rx) = mpsc::channel(WORKER_QUEUE);
         let (events_tx, events) = mpsc::unbounded_channel();
         let liveness = Arc::new(Liveness::new());
@@ -175,7 +212,7 @@ impl WorkerGateway for WorkerGatewayService {
             throttle: self.throttle.clone(),
         };
         tokio::spawn(session.run());
-        Ok(Response::new(ReceiverStream::new(worker_rx)))
+        worker_rx
     }
 }
 
@@ -281,7 +318,7 @@ struct Session {
     id: SessionId,
     register: Register,
     addr: Option<IpAddr>,
-    inbound: Streaming<WorkerMessage>,
+    inbound: WorkerInbound,
     worker_tx: WorkerTx,
     events: mpsc::UnboundedReceiver<SessionEvent>,
     /// Commands forwarded to the worker whose `CommandExit` was not yet seen.

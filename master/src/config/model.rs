@@ -107,6 +107,9 @@ pub struct GatewayConfig {
     /// Where the gateway serves `/metrics` (Prometheus) and `/healthz`; off when unset.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Where unmodified Buildbot workers (msgpack over WebSocket) attach; off when unset.
+    #[serde(default)]
+    pub buildbot_listen: Option<String>,
     #[serde(default)]
     pub tls_cert: Option<String>,
     #[serde(default)]
@@ -126,6 +129,7 @@ impl Default for GatewayConfig {
             listen: default_gateway_listen(),
             urls: Vec::new(),
             metrics_listen: None,
+            buildbot_listen: None,
             tls_cert: None,
             tls_key: None,
             tls_ca: None,

@@ -26,6 +26,8 @@ pub struct WorkerPresence {
     pub connected_at: Option<DateTime<Utc>>,
     /// Connected and running an incomplete build.
     pub busy: bool,
+    /// The facts it registered with last (JSON object text).
+    pub info: Option<String>,
 }
 
 fn as_i64(v: u64) -> i64 {
@@ -98,7 +100,7 @@ impl Store {
     pub async fn list_worker_presence(&self) -> Result<Vec<WorkerPresence>, DbError> {
         with_pool!(self, |pool, d| {
             let rows = sqlx::query(
-                "SELECT w.name, m.name AS master_name, w.connected_at, \
+                "SELECT w.name, m.name AS master_name, w.connected_at, w.info, \
                  CASE WHEN m.id IS NOT NULL AND EXISTS (SELECT 1 FROM builds b \
                       WHERE b.complete_at IS NULL AND b.workerid = w.id) \
                  THEN 1 ELSE 0 END AS busy \
@@ -119,6 +121,7 @@ impl Store {
                     name: r.string("name")?,
                     master,
                     busy: r.flag("busy")?,
+                    info: r.opt_string("info")?,
                 });
             }
             Ok(out)

@@ -162,7 +162,7 @@ fn builder_json(
 
 /// Every worker of the cluster file, as the database knows it: `connected`
 /// to which `master` (any master answers the same), and `idle` (null when
-/// not connected). Filter with `connected=true|false`.
+/// not connected); `kind` and `version` from its last registration. Filter with `connected=true|false`.
 pub async fn workers(State(st): St, Query(q): Q) -> ApiResult<Json<Vec<Value>>> {
     let p = Params(q);
     p.only(&["connected", "limit", "offset"])?;
@@ -187,8 +187,22 @@ pub async fn workers(State(st): St, Query(q): Q) -> ApiResult<Json<Vec<Value>>> 
                     .filter(|b| b.workers.contains(&w.name))
                     .map(|b| b.name.as_str())
                     .collect();
+                let facts: Option<Value> = presence
+                    .get(&w.name)
+                    .and_then(|p| p.info.as_deref())
+                    .and_then(|i| serde_json::from_str(i).ok());
+                // Workers that registered say what they are: `buildbot`
+                // when they speak Buildbot's protocol, else flotilla's own.
+                let kind = facts
+                    .as_ref()
+                    .map(|f| f["kind"].as_str().unwrap_or("flotilla").to_owned());
+                let version = facts
+                    .as_ref()
+                    .and_then(|f| f["version"].as_str().map(str::to_owned));
                 let p = presence.get(&w.name).filter(|p| p.master.is_some());
                 json!({
+                    "kind": kind,
+                    "version": version,
                     "name": w.name,
                     "connected": p.is_some(),
                     "master": p.and_then(|p| p.master.clone()),
