@@ -12,6 +12,7 @@
 //! - [`janitor`]: retention: deleting data older than the configured horizons.
 //! - [`metrics`]: the names and descriptions of every exported metric.
 //! - [`schedulers`]: what turns changes, time and other builds into buildsets, each scheduler on one master.
+//! - [`secrets`]: `${secret:NAME}` references, their providers, and masking values in logs.
 //! - [`changesource`]: pollers that turn new commits into changes, each on one master.
 
 pub mod changesource;
@@ -22,3 +23,4 @@ pub mod janitor;
 pub mod metrics;
 pub mod runtime;
 pub mod schedulers;
+pub mod secrets;

@@ -8,6 +8,7 @@
 mod duration;
 mod model;
 mod scheduling;
+mod secrets;
 
 use std::path::{Path, PathBuf};
 
@@ -76,6 +77,7 @@ impl ClusterConfig {
         } else {
             apply_overrides(text, path, &overrides)?
         };
+        config.validate_secrets(path, text)?;
         config.validate(path)?;
         Ok(config)
     }
@@ -216,7 +218,8 @@ impl ClusterConfig {
                 }
             }
         }
-        self.validate_scheduling(path)
+        self.validate_scheduling(path)?;
+        self.validate_secrets(path, "")
     }
 
     pub fn builder(&self, name: &str) -> Option<&BuilderConfig> {
