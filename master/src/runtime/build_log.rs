@@ -50,6 +50,10 @@ impl BuildLog {
         if let Some(b) = data.last() {
             self.last_byte = Some(*b);
         }
+        if self.masker.is_empty() {
+            // Nothing to hide (the usual case): no copy.
+            return self.append(data).await;
+        }
         let data = self.masker.push(data);
         self.append(&data).await
     }
