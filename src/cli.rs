@@ -250,6 +250,10 @@ pub enum StatusWhat {
     Builders,
     Requests,
     Builds,
+    /// One build with where it came from (`status build ID`).
+    Build,
+    /// One buildset: source stamps, changes, reason, properties (`status buildset ID`).
+    Buildset,
     Workers,
     /// Schedulers and change sources, with the master that runs each.
     Schedulers,
@@ -264,6 +268,9 @@ pub struct StatusArgs {
     /// What to list.
     #[arg(value_enum, default_value = "masters")]
     pub what: StatusWhat,
+    /// The id, for `build` and `buildset`.
+    #[arg(value_name = "ID")]
+    pub id: Option<i64>,
     /// Print the API's JSON and nothing else on stdout.
     #[arg(long)]
     pub json: bool,

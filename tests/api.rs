@@ -310,10 +310,15 @@ async fn every_route_answers_and_refuses_bad_input() {
     ] {
         assert!(build.get(key).is_some(), "builds lack {key}: {build}");
     }
-    assert_eq!(
-        api.ok(1, &format!("/api/v1/builds/{build_id}")).await,
-        build
-    );
+    // One build is its row plus its whole buildset.
+    let mut one = api.ok(1, &format!("/api/v1/builds/{build_id}")).await;
+    let buildset = one
+        .as_object_mut()
+        .unwrap()
+        .remove("buildset")
+        .expect("one build carries its buildset");
+    assert_eq!(buildset["id"], build["buildset_id"], "{buildset}");
+    assert_eq!(one, build);
     assert_eq!(
         api.status(0, "/api/v1/builds/999999999").await,
         StatusCode::NOT_FOUND

@@ -15,6 +15,7 @@
 //! - [`schedulers`]: what turns changes, time and other builds into buildsets, each scheduler on one master.
 //! - [`janitor`]: retention: deleting data older than the configured horizons.
 //! - [`reporters`]: build starts and ends sent to GitHub, GitLab or any HTTP endpoint, through an outbox.
+//! - [`secrets`]: `${secret:NAME}` references, their providers, and masking values in logs.
 //! - [`state`]: what the tasks share: identity, liveness, workers, running builds, shutdown.
 //! - [`db`]: the schema, migrations and every SQL statement, including the claim protocol.
 //! - [`config`]: the cluster TOML file, shared by every master and the gateway.
@@ -32,4 +33,5 @@ pub mod metrics;
 pub mod reporters;
 pub mod runtime;
 pub mod schedulers;
+pub mod secrets;
 pub mod state;

@@ -633,6 +633,7 @@ async fn add_buildset_creates_requests(db: &TestDb) {
             properties: props.clone(),
             builders: vec![(ids["unit"], 3), (ids["lint"], 0)],
             parent_buildid: None,
+            change_ids: Vec::new(),
         })
         .await
         .unwrap();

@@ -103,6 +103,11 @@ pub async fn drain(api: &ApiClient, name: &str, drain: bool) -> Exit {
 }
 
 pub async fn status(api: &ApiClient, a: StatusArgs) -> Exit {
+    let one = matches!(a.what, StatusWhat::Build | StatusWhat::Buildset);
+    if a.id.is_some() && !one {
+        eprintln!("an id goes only with `status build ID` or `status buildset ID`");
+        return Exit::Usage;
+    }
     let (path, columns): (&str, &[&str]) = match a.what {
         StatusWhat::Masters => (
             "/api/v1/masters",
@@ -119,6 +124,8 @@ pub async fn status(api: &ApiClient, a: StatusArgs) -> Exit {
                 "id",
                 "builder",
                 "priority",
+                "branch",
+                "revision",
                 "submitted_at",
                 "claimed_by_master",
                 "complete",
@@ -131,6 +138,8 @@ pub async fn status(api: &ApiClient, a: StatusArgs) -> Exit {
                 "id",
                 "builder",
                 "number",
+                "branch",
+                "revision",
                 "worker",
                 "master",
                 "started_at",
@@ -146,6 +155,9 @@ pub async fn status(api: &ApiClient, a: StatusArgs) -> Exit {
             "/api/v1/schedulers",
             &["name", "type", "kind", "owner.master_name", "owner_active"],
         ),
+        StatusWhat::Build | StatusWhat::Buildset => {
+            return super::provenance::show(api, a.what, a.id, a.json).await;
+        }
         StatusWhat::Changes => (
             "/api/v1/changes?limit=50",
             &[

@@ -8,6 +8,7 @@ mod follow;
 mod health;
 mod janitor;
 mod logs;
+mod provenance;
 mod quickstart;
 mod servers;
 mod try_cmd;

@@ -119,7 +119,7 @@ async fn execute(
             return Err("spawned process has no pid".to_owned());
         }
     };
-    debug!(command = id, pgid = group.id(), argv = ?cmd.argv, "command started");
+    debug!(command = id, pgid = group.id(), program = ?cmd.argv.first(), "command started");
 
     let progress = Arc::new(AtomicU64::new(0));
     let mut pumps = Vec::with_capacity(2);

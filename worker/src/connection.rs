@@ -59,7 +59,9 @@ impl Commands {
             );
             return;
         }
-        info!(command = id, argv = ?cmd.argv, workdir = %cmd.workdir, "starting command");
+        // Arguments may carry secrets the master filled in: log only the program.
+        let program = cmd.argv.first().map(String::as_str).unwrap_or_default();
+        info!(command = id, program, args = cmd.argv.len(), workdir = %cmd.workdir, "starting command");
         let (stop_tx, stop) = watch::channel(None);
         self.running.insert(id, stop_tx);
         let basedir = self.basedir.clone();

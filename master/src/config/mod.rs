@@ -9,6 +9,8 @@ mod duration;
 mod model;
 mod reporters;
 mod scheduling;
+pub mod secret_refs;
+mod secrets;
 
 use std::path::{Path, PathBuf};
 
@@ -78,6 +80,7 @@ impl ClusterConfig {
         } else {
             apply_overrides(text, path, &overrides)?
         };
+        config.validate_secrets(path, text)?;
         config.validate(path)?;
         Ok(config)
     }
@@ -219,7 +222,8 @@ impl ClusterConfig {
             }
         }
         self.validate_scheduling(path)?;
-        self.validate_reporters(path)
+        self.validate_reporters(path)?;
+        self.validate_secrets(path, "")
     }
 
     pub fn builder(&self, name: &str) -> Option<&BuilderConfig> {

@@ -37,6 +37,30 @@ pub struct ClusterConfig {
     /// `[[reporters]]`: commit statuses and build documents sent out.
     #[serde(default)]
     pub reporters: Vec<super::reporters::ReporterConfig>,
+    /// `[secrets]`: where `${secret:NAME}` references are looked up.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+}
+
+/// `[secrets]`: the providers asked, in order, for a secret's value.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    #[serde(default)]
+    pub providers: Vec<SecretProvider>,
+}
+
+/// One `[[secrets.providers]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SecretProvider {
+    /// Secret `NAME` is the master's environment variable `prefix` + `NAME`.
+    Env {
+        #[serde(default)]
+        prefix: String,
+    },
+    /// Secret `NAME` is the content of the file `path/NAME`.
+    Files { path: String },
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

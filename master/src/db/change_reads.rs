@@ -43,6 +43,22 @@ impl Store {
         })
     }
 
+    /// The changes behind buildset `buildset_id`, oldest first (those the
+    /// janitor has removed are gone from it).
+    pub async fn changes_of_buildset(&self, buildset_id: i64) -> Result<Vec<ChangeInfo>, DbError> {
+        with_pool!(self, |pool, d| {
+            let sql = format!(
+                "{CHANGE_SELECT} WHERE changeid IN \
+                 (SELECT changeid FROM buildset_changes WHERE buildsetid = ?) ORDER BY changeid"
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(buildset_id)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(change_info).collect()
+        })
+    }
+
     pub async fn get_change(&self, id: i64) -> Result<Option<ChangeInfo>, DbError> {
         with_pool!(self, |pool, d| {
             let sql = format!("{CHANGE_SELECT} WHERE changeid = ?");

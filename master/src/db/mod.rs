@@ -21,7 +21,7 @@
 //! Submodules: [`types`] (data in and out), [`error`], `dialect`, `schema`
 //! (migrations), `masters`, `claims`, `candidates`, `mysql_script` (the claim loop's hot
 //! transactions as one round trip each on MySQL), `buildset_finish`,
-//! `requests` (changes, buildsets), `builds` (builds and steps), `logs`,
+//! `requests` (changes, buildsets), `buildset_reads` (provenance), `builds` (builds and steps), `logs`,
 //! `reads` and `change_reads` (API listings), `outbox` and
 //! `report_deliveries` (the reporters' queue), `state` (key/value state and
 //! object ownership), `janitor`, `presence`, `control`.
@@ -75,6 +75,7 @@ macro_rules! with_pool_retry {
 
 mod builds;
 pub(crate) mod buildset_finish;
+mod buildset_reads;
 mod cancel;
 mod candidates;
 mod change_reads;

@@ -11,21 +11,62 @@ use super::dialect::placeholders;
 use super::rows::DbRow;
 use super::{
     BuildFilter, BuildInfo, BuilderCounts, DbError, ObjectOwnerRow, RequestFilter, RequestRow,
-    StepRow, Store,
+    SourceSummary, StepRow, Store,
 };
 
-const REQUEST_SELECT: &str = "SELECT br.id, br.buildsetid, b.name AS builder, br.priority, \
-     br.submitted_at, m.name AS master_name, br.claimed_by_masterid, br.claimed_at, \
-     br.complete, br.complete_at, br.results \
-     FROM buildrequests br JOIN builders b ON b.id = br.builderid \
-     LEFT JOIN masters m ON m.id = br.claimed_by_masterid";
+/// The provenance summary of a request `br`: its buildset's reason and
+/// first source stamp (columns `bs_reason`, `ss_repository`, `ss_branch`,
+/// `ss_revision`).
+const SOURCE_COLUMNS: &str = "bs.reason AS bs_reason, ss.repository AS ss_repository, ss.branch AS ss_branch, \
+     ss.revision AS ss_revision";
+const SOURCE_JOIN: &str = "JOIN buildsets bs ON bs.id = br.buildsetid \
+     LEFT JOIN sourcestamps ss ON ss.id = (SELECT MIN(x.sourcestampid) \
+     FROM buildset_sourcestamps x WHERE x.buildsetid = br.buildsetid)";
 
-const BUILD_SELECT: &str = "SELECT bu.id, bu.number, b.name AS builder, bu.buildrequestid, \
-     COALESCE(m.name, '') AS master_name, w.name AS worker, bu.started_at, bu.complete_at, \
-     bu.results, bu.state_string \
-     FROM builds bu JOIN builders b ON b.id = bu.builderid \
-     LEFT JOIN masters m ON m.id = bu.masterid \
-     LEFT JOIN workers w ON w.id = bu.workerid";
+fn request_select() -> String {
+    format!(
+        "SELECT br.id, br.buildsetid, b.name AS builder, br.priority, \
+         br.submitted_at, m.name AS master_name, br.claimed_by_masterid, br.claimed_at, \
+         br.complete, br.complete_at, br.results, {SOURCE_COLUMNS} \
+         FROM buildrequests br JOIN builders b ON b.id = br.builderid \
+         LEFT JOIN masters m ON m.id = br.claimed_by_masterid {SOURCE_JOIN}"
+    )
+}
+
+fn build_select() -> String {
+    format!(
+        "SELECT bu.id, bu.number, b.name AS builder, bu.buildrequestid, \
+         COALESCE(m.name, '') AS master_name, w.name AS worker, bu.started_at, bu.complete_at, \
+         bu.results, bu.state_string, br.buildsetid, {SOURCE_COLUMNS} \
+         FROM builds bu JOIN builders b ON b.id = bu.builderid \
+         JOIN buildrequests br ON br.id = bu.buildrequestid \
+         LEFT JOIN masters m ON m.id = bu.masterid \
+         LEFT JOIN workers w ON w.id = bu.workerid {SOURCE_JOIN}"
+    )
+}
+
+/// A build's buildset has one source stamp whose `columns` are the bound
+/// values (nothing when `columns` is empty).
+fn stamp_filter(columns: &[&str]) -> String {
+    if columns.is_empty() {
+        return String::new();
+    }
+    let conds: String = columns.iter().map(|c| format!(" AND s2.{c} = ?")).collect();
+    format!(
+        " AND EXISTS (SELECT 1 FROM buildset_sourcestamps y \
+         JOIN sourcestamps s2 ON s2.id = y.sourcestampid \
+         WHERE y.buildsetid = br.buildsetid{conds})"
+    )
+}
+
+fn source_summary<R: DbRow>(r: &R) -> Result<SourceSummary, sqlx::Error> {
+    Ok(SourceSummary {
+        reason: r.string("bs_reason")?,
+        repository: r.opt_string("ss_repository")?,
+        branch: r.opt_string("ss_branch")?,
+        revision: r.opt_string("ss_revision")?,
+    })
+}
 
 fn request_row<R: DbRow>(r: &R) -> Result<RequestRow, sqlx::Error> {
     Ok(RequestRow {
@@ -40,6 +81,7 @@ fn request_row<R: DbRow>(r: &R) -> Result<RequestRow, sqlx::Error> {
         complete: r.flag("complete")?,
         complete_at: r.opt_time("complete_at")?,
         results: r.results("results")?,
+        source: source_summary(r)?,
     })
 }
 
@@ -55,6 +97,8 @@ fn build_info<R: DbRow>(r: &R) -> Result<BuildInfo, sqlx::Error> {
         complete_at: r.opt_time("complete_at")?,
         results: r.results("results")?,
         state_string: r.string("state_string")?,
+        buildset_id: r.i64("buildsetid")?,
+        source: source_summary(r)?,
     })
 }
 
@@ -64,7 +108,7 @@ fn limit_of(limit: i64) -> i64 {
 
 impl Store {
     pub async fn list_requests(&self, f: &RequestFilter) -> Result<Vec<RequestRow>, DbError> {
-        let mut sql = format!("{REQUEST_SELECT} WHERE 1 = 1");
+        let mut sql = format!("{} WHERE 1 = 1", request_select());
         if f.complete.is_some() {
             sql.push_str(" AND br.complete = ?");
         }
@@ -97,7 +141,7 @@ impl Store {
 
     pub async fn get_request(&self, id: i64) -> Result<Option<RequestRow>, DbError> {
         with_pool!(self, |pool, d| {
-            let sql = format!("{REQUEST_SELECT} WHERE br.id = ?");
+            let sql = format!("{} WHERE br.id = ?", request_select());
             let row = sqlx::query(AssertSqlSafe(sql))
                 .bind(id)
                 .fetch_optional(pool)
@@ -107,13 +151,19 @@ impl Store {
     }
 
     pub async fn list_builds(&self, f: &BuildFilter) -> Result<Vec<BuildInfo>, DbError> {
-        let mut sql = format!("{BUILD_SELECT} WHERE 1 = 1");
+        let mut sql = format!("{} WHERE 1 = 1", build_select());
         if f.builder.is_some() {
             sql.push_str(" AND b.name = ?");
         }
         if f.request_id.is_some() {
             sql.push_str(" AND bu.buildrequestid = ?");
         }
+        let stamp_columns: Vec<&str> = [("branch", &f.branch), ("revision", &f.revision)]
+            .into_iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(c, _)| c)
+            .collect();
+        sql.push_str(&stamp_filter(&stamp_columns));
         sql.push_str(" ORDER BY bu.id DESC LIMIT ? OFFSET ?");
         with_pool!(self, |pool, d| {
             let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -121,6 +171,12 @@ impl Store {
                 q = q.bind(b);
             }
             if let Some(r) = f.request_id {
+                q = q.bind(r);
+            }
+            if let Some(b) = &f.branch {
+                q = q.bind(b);
+            }
+            if let Some(r) = &f.revision {
                 q = q.bind(r);
             }
             let rows = q
@@ -134,7 +190,7 @@ impl Store {
 
     pub async fn get_build(&self, id: i64) -> Result<Option<BuildInfo>, DbError> {
         with_pool!(self, |pool, d| {
-            let sql = format!("{BUILD_SELECT} WHERE bu.id = ?");
+            let sql = format!("{} WHERE bu.id = ?", build_select());
             let row = sqlx::query(AssertSqlSafe(sql))
                 .bind(id)
                 .fetch_optional(pool)

@@ -113,6 +113,16 @@ macro_rules! insert_buildset {
             .execute(&mut *$tx)
             .await?;
         }
+        let mut changes = b.change_ids.clone();
+        changes.sort_unstable();
+        changes.dedup();
+        for change in changes {
+            sqlx::query("INSERT INTO buildset_changes (buildsetid, changeid) VALUES (?, ?)")
+                .bind(bsid)
+                .bind(change)
+                .execute(&mut *$tx)
+                .await?;
+        }
         let br_sql = format!(
             "INSERT INTO buildrequests (buildsetid, builderid, priority, complete, submitted_at) \
              VALUES (?, ?, ?, 0, {})",
@@ -321,6 +331,7 @@ impl Store {
                     reason: r.string("reason")?,
                     sourcestamps: Vec::new(),
                     properties: BTreeMap::new(),
+                    change_ids: Vec::new(),
                 });
             }
             let mut buildsets: Vec<i64> = out.iter().map(|r| r.buildset_id).collect();
@@ -365,7 +376,24 @@ impl Store {
                     .or_default()
                     .insert(name, value);
             }
+            let mut changes: HashMap<i64, Vec<i64>> = HashMap::new();
+            let sql = format!(
+                "SELECT buildsetid, changeid FROM buildset_changes \
+                 WHERE buildsetid IN ({}) ORDER BY changeid",
+                placeholders(buildsets.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in &buildsets {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(pool).await? {
+                changes
+                    .entry(r.i64("buildsetid")?)
+                    .or_default()
+                    .push(r.i64("changeid")?);
+            }
             for det in &mut out {
+                det.change_ids = changes.get(&det.buildset_id).cloned().unwrap_or_default();
                 det.sourcestamps = stamps.get(&det.buildset_id).cloned().unwrap_or_default();
                 det.properties = props.get(&det.buildset_id).cloned().unwrap_or_default();
             }

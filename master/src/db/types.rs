@@ -206,6 +206,9 @@ pub struct NewBuildset {
     /// (builder id, priority) — one request each.
     pub builders: Vec<(i64, i32)>,
     pub parent_buildid: Option<i64>,
+    /// The changes behind it (`changes.changeid`), recorded as its provenance.
+    #[serde(default)]
+    pub change_ids: Vec<i64>,
 }
 
 /// Everything a master needs to run a request it has claimed.
@@ -220,6 +223,8 @@ pub struct RequestDetails {
     pub reason: String,
     pub sourcestamps: Vec<SourceStamp>,
     pub properties: BTreeMap<String, serde_json::Value>,
+    /// The changes behind its buildset.
+    pub change_ids: Vec<i64>,
 }
 
 /// Filter for [`Store::list_requests`](super::Store::list_requests).
@@ -248,6 +253,51 @@ pub struct RequestRow {
     pub complete: bool,
     pub complete_at: Option<DateTime<Utc>>,
     pub results: Option<Results>,
+    #[serde(flatten)]
+    pub source: SourceSummary,
+}
+
+/// Where a build or request came from, in brief: its buildset's reason and
+/// first source stamp (the whole story is [`BuildsetInfo`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SourceSummary {
+    pub reason: String,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    pub revision: Option<String>,
+}
+
+/// A source stamp as the API shows it: the patch only as whether there is one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SourceStampInfo {
+    pub id: i64,
+    pub repository: String,
+    pub branch: Option<String>,
+    pub revision: Option<String>,
+    pub project: String,
+    pub codebase: String,
+    pub patch: bool,
+    pub patch_author: Option<String>,
+    pub patch_comment: Option<String>,
+}
+
+/// A buildset with its provenance: source stamps, the changes behind it,
+/// why it was made, and its properties.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BuildsetInfo {
+    pub id: i64,
+    pub reason: String,
+    pub scheduler: Option<String>,
+    pub external_idstring: Option<String>,
+    pub parent_buildid: Option<i64>,
+    pub submitted_at: DateTime<Utc>,
+    pub complete: bool,
+    pub complete_at: Option<DateTime<Utc>>,
+    pub results: Option<Results>,
+    pub sourcestamps: Vec<SourceStampInfo>,
+    pub changes: Vec<ChangeInfo>,
+    pub properties: BTreeMap<String, serde_json::Value>,
+    pub buildrequest_ids: Vec<i64>,
 }
 
 /// A build just started by [`Store::start_build`](super::Store::start_build).
@@ -268,6 +318,10 @@ pub struct BuildRow {
 pub struct BuildFilter {
     pub builder: Option<String>,
     pub request_id: Option<i64>,
+    /// Builds of a buildset with a source stamp on this branch.
+    pub branch: Option<String>,
+    /// Builds of a buildset with a source stamp at this revision.
+    pub revision: Option<String>,
     pub limit: i64,
     pub offset: i64,
 }
@@ -286,6 +340,9 @@ pub struct BuildInfo {
     pub complete_at: Option<DateTime<Utc>>,
     pub results: Option<Results>,
     pub state_string: String,
+    pub buildset_id: i64,
+    #[serde(flatten)]
+    pub source: SourceSummary,
 }
 
 /// A step of a build as the API shows it.

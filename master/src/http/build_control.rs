@@ -105,6 +105,7 @@ pub async fn rebuild(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Va
         scheduler: Some("rebuild".to_owned()),
         sourcestamps: details.sourcestamps,
         properties: details.properties,
+        change_ids: details.change_ids,
         builders: vec![(details.builder_id, details.priority)],
         ..Default::default()
     };

@@ -7,11 +7,13 @@ mod build_control;
 mod dashboard;
 mod deliveries;
 mod error;
+mod force_defaults;
 mod hooks;
 mod limits;
 mod metrics_route;
 mod openapi;
 mod params;
+mod provenance;
 mod reads;
 mod try_route;
 mod writes;
@@ -51,6 +53,7 @@ pub fn router(state: Arc<MasterState>) -> Router {
             "/api/v1/buildrequests/{id}/cancel",
             post(build_control::cancel_request),
         )
+        .route("/api/v1/buildsets/{id}", get(provenance::buildset))
         .route("/api/v1/builds", get(reads::builds))
         .route("/api/v1/builds/{id}", get(reads::build))
         .route("/api/v1/builds/{id}/stop", post(build_control::stop_build))

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
 use super::params::Params;
+use super::provenance::WithBuildset;
 use crate::config::BuilderConfig;
 use crate::db::{
     BuildFilter, BuildInfo, ChangeFilter, ChangeInfo, LastBuild, MasterRow, ObjectOwnerRow,
@@ -134,7 +135,10 @@ pub async fn builder(State(st): St, Path(name): Path<String>) -> ApiResult<Json<
         .await?
         .into_iter()
         .find(|l| l.builder == name);
-    Ok(Json(builder_json(b, &counts, last.as_ref())))
+    let mut v = builder_json(b, &counts, last.as_ref());
+    let defaults = super::force_defaults::force_defaults(&st, &name).await?;
+    v["force_defaults"] = serde_json::to_value(defaults).unwrap_or(Value::Null);
+    Ok(Json(v))
 }
 
 fn builder_json(
@@ -232,22 +236,36 @@ pub async fn requests(State(st): St, Query(q): Q) -> ApiResult<Json<Vec<RequestR
     Ok(Json(st.store.list_requests(&f).await?))
 }
 
-pub async fn request(State(st): St, Path(id): Path<String>) -> ApiResult<Json<RequestRow>> {
+pub async fn request(
+    State(st): St,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WithBuildset<RequestRow>>> {
     let id = parse_id(&id)?;
-    st.store
+    let r = st
+        .store
         .get_request(id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no build request {id}")))
+        .ok_or_else(|| ApiError::NotFound(format!("no build request {id}")))?;
+    let bs = r.buildset_id;
+    WithBuildset::of(&st.store, r, bs).await
 }
 
 pub async fn builds(State(st): St, Query(q): Q) -> ApiResult<Json<Vec<BuildInfo>>> {
     let p = Params(q);
-    p.only(&["builder", "buildrequest_id", "limit", "offset"])?;
+    p.only(&[
+        "builder",
+        "buildrequest_id",
+        "branch",
+        "revision",
+        "limit",
+        "offset",
+    ])?;
     let (limit, offset) = p.page()?;
     let f = BuildFilter {
         builder: p.string("builder"),
         request_id: p.int("buildrequest_id")?,
+        branch: p.string("branch"),
+        revision: p.string("revision"),
         limit,
         offset,
     };
@@ -273,13 +291,18 @@ fn settled(mut b: BuildInfo) -> BuildInfo {
     b
 }
 
-pub async fn build(State(st): St, Path(id): Path<String>) -> ApiResult<Json<BuildInfo>> {
+pub async fn build(
+    State(st): St,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WithBuildset<BuildInfo>>> {
     let id = parse_id(&id)?;
-    st.store
+    let b = st
+        .store
         .get_build(id)
         .await?
-        .map(|b| Json(settled(b)))
-        .ok_or_else(|| ApiError::NotFound(format!("no build {id}")))
+        .ok_or_else(|| ApiError::NotFound(format!("no build {id}")))?;
+    let bs = b.buildset_id;
+    WithBuildset::of(&st.store, settled(b), bs).await
 }
 
 pub async fn steps(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Vec<StepRow>>> {

@@ -58,12 +58,23 @@ pub async fn force(
     limits::check("project", f.project.as_deref(), limits::NAME)?;
     limits::check("repository", f.repository.as_deref(), limits::REPOSITORY)?;
     limits::check("reason", f.reason.as_deref(), limits::REASON)?;
+    // What the request leaves out comes from the builder's scheduler (or
+    // what it last built); a branch only goes with its own repository.
+    let defaults = super::force_defaults::force_defaults(&st, &f.builder).await?;
+    let given = f.repository.filter(|r| !r.is_empty());
+    let same_repository = given.is_none() || given == defaults.repository;
+    let repository = given.or(defaults.repository).unwrap_or_default();
+    let branch = match f.branch.filter(|b| !b.is_empty()) {
+        Some(b) => Some(b),
+        None if same_repository && f.revision.is_none() => defaults.branch,
+        None => None,
+    };
     let bs = NewBuildset {
         reason: f.reason.unwrap_or_else(|| "forced".to_owned()),
         scheduler: Some("force".to_owned()),
         sourcestamps: vec![SourceStamp {
-            repository: f.repository.unwrap_or_default(),
-            branch: f.branch,
+            repository,
+            branch,
             revision: f.revision,
             project: f.project.unwrap_or_default(),
             ..Default::default()

@@ -106,6 +106,18 @@ struct BuildCtx<'a> {
     reason: &'a Mutex<Option<AbortReason>>,
 }
 
+/// What [`BuildCtx::run_step`] runs.
+struct StepInput<'a> {
+    step: &'a StepConfig,
+    /// The environment every step gets (without the builder's own).
+    env: &'a HashMap<String, String>,
+    builder_env: &'a std::collections::BTreeMap<String, String>,
+    workdir_base: &'a str,
+    log_id: i64,
+    details: &'a RequestDetails,
+    build_id: i64,
+}
+
 struct StepOutcome {
     results: Results,
     state: String,
@@ -169,7 +181,11 @@ impl BuildCtx<'_> {
         );
         metrics::gauge!(crate::metrics::RUNNING_BUILDS).increment(1.0);
         let started = std::time::Instant::now();
-        let env = step_env(st, &details, &build, &self.worker.name, &builder.env);
+        let env = step_env(st, &details, &build, &self.worker.name);
+        // Every secret value this build resolved so far: each step's log
+        // masks them all (a value written to disk by one step may be
+        // printed by the next).
+        let mut secret_values: Vec<String> = Vec::new();
         let mut step_ids = Vec::with_capacity(builder.steps.len());
         for (i, step) in builder.steps.iter().enumerate() {
             step_ids
@@ -189,7 +205,18 @@ impl BuildCtx<'_> {
             retry_transient(|| store.start_step(step_id)).await?;
             let log_id = retry_transient(|| store.create_log(step_id, "stdio")).await?;
             let outcome = self
-                .run_step(step, &env, &workdir_base, log_id, &details, build.id)
+                .run_step(
+                    StepInput {
+                        step,
+                        env: &env,
+                        builder_env: &builder.env,
+                        workdir_base: &workdir_base,
+                        log_id,
+                        details: &details,
+                        build_id: build.id,
+                    },
+                    &mut secret_values,
+                )
                 .await?;
             retry_transient(|| store.finish_step(step_id, outcome.results, &outcome.state)).await?;
             if outcome.results != Results::Skipped {
@@ -259,19 +286,46 @@ impl BuildCtx<'_> {
 
     async fn run_step(
         &self,
-        step: &StepConfig,
-        env: &HashMap<String, String>,
-        workdir_base: &str,
-        log_id: i64,
-        details: &RequestDetails,
-        build_id: i64,
+        input: StepInput<'_>,
+        secret_values: &mut Vec<String>,
     ) -> Result<StepOutcome, DbError> {
+        let StepInput {
+            step,
+            env,
+            builder_env,
+            workdir_base,
+            log_id,
+            details,
+            build_id,
+        } = input;
         let st = self.state;
-        let mut log = BuildLog::new(st.store.clone(), log_id);
+        // Secrets are resolved now, just before the command goes out, and
+        // only into this command: the step as stored and shown keeps its
+        // references.
+        let secrets = crate::secrets::Secrets::new(&st.config.secrets);
+        let resolved = crate::secrets::resolve_step(&secrets, step, builder_env, secret_values);
+        let mut log = BuildLog::new(st.store.clone(), log_id)
+            .masked(crate::secrets::Masker::new(secret_values.iter()));
+        let resolved = match resolved {
+            Ok(r) => r,
+            Err(e) => {
+                log.note(&format!("cannot run this step: {e}")).await?;
+                log.close().await?;
+                let what = e.name().map_or_else(
+                    || "bad secret reference".to_owned(),
+                    |n| format!("secret {n} unavailable"),
+                );
+                return Ok(StepOutcome {
+                    results: Results::Failure,
+                    state: what,
+                    aborted: None,
+                });
+            }
+        };
         if step.kind == "trigger" {
             let (results, state) =
                 super::steps::trigger(st, step, details, build_id, &mut log, self.cancel).await?;
-            log.flush().await?;
+            log.close().await?;
             let aborted = self.cancel.is_cancelled().then(|| self.abort_reason());
             return Ok(StepOutcome {
                 results,
@@ -279,12 +333,13 @@ impl BuildCtx<'_> {
                 aborted,
             });
         }
-        let (argv, files) = super::steps::command_for(step, details);
+        let (argv, files) = super::steps::command_for(&resolved.step, details);
         let command_id = st
             .next_command
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut step_env = env.clone();
-        step_env.extend(step.env.clone());
+        let mut step_env: HashMap<String, String> = resolved.builder_env.into_iter().collect();
+        step_env.extend(env.clone());
+        step_env.extend(resolved.step.env);
         let workdir = match &step.workdir {
             Some(w) => format!("{workdir_base}/{w}"),
             None => format!("{workdir_base}/build"),
@@ -297,7 +352,7 @@ impl BuildCtx<'_> {
             timeout_ms: step.timeout.map_or(0, |t| t.get().as_millis() as u64),
             files,
         };
-        let shown = super::steps::describe(step).unwrap_or_else(|| shell_words(&run.argv));
+        let shown = super::steps::describe(step).unwrap_or_else(|| shell_words(&step.command));
         log.note(&format!("$ {shown}")).await?;
         if st.live.is_fenced() || !st.live.fresh() {
             // No command goes out from a fenced master.
@@ -307,7 +362,7 @@ impl BuildCtx<'_> {
                 .get_or_insert(AbortReason::LostClaim);
             self.cancel.cancel();
             log.note("not started: this master is fenced").await?;
-            log.flush().await?;
+            log.close().await?;
             return Ok(StepOutcome {
                 results: Results::Retry,
                 state: "fenced".into(),
@@ -319,7 +374,7 @@ impl BuildCtx<'_> {
             Err(e) => {
                 log.note(&format!("could not start the command: {e}"))
                     .await?;
-                log.flush().await?;
+                log.close().await?;
                 return Ok(StepOutcome {
                     results: Results::Retry,
                     state: "worker lost".into(),
@@ -342,7 +397,7 @@ impl BuildCtx<'_> {
             }
         };
         st.workers.finish_command(command_id);
-        log.flush().await?;
+        log.close().await?;
         Ok(outcome)
     }
 
@@ -534,19 +589,16 @@ fn exit_outcome(exit: &CommandExit) -> StepOutcome {
     }
 }
 
-/// The environment every step gets (docs/configuration.md), plus the builder's own.
+/// The environment every step gets (docs/configuration.md); the builder's
+/// own goes under it, with its secrets resolved step by step.
 fn step_env(
     st: &MasterState,
     req: &RequestDetails,
     build: &BuildRow,
     worker: &str,
-    builder_env: &std::collections::BTreeMap<String, String>,
 ) -> HashMap<String, String> {
     let ss = req.sourcestamps.first().cloned().unwrap_or_default();
-    let mut env: HashMap<String, String> = builder_env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut env: HashMap<String, String> = HashMap::new();
     env.insert("FLOTILLA_BUILDER".into(), req.builder.clone());
     env.insert("FLOTILLA_BUILD_ID".into(), build.id.to_string());
     env.insert("FLOTILLA_BUILD_NUMBER".into(), build.number.to_string());

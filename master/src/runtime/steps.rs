@@ -118,6 +118,7 @@ pub async fn trigger(
             build_id,
             req.sourcestamps.clone(),
             req.properties.clone(),
+            req.change_ids.clone(),
         )
         .await
         {

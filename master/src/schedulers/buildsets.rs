@@ -40,6 +40,8 @@ pub struct Firing {
     pub reason: String,
     pub sourcestamps: Vec<SourceStamp>,
     pub properties: BTreeMap<String, Value>,
+    /// The changes behind it.
+    pub change_ids: Vec<i64>,
 }
 
 /// The move of a scheduler's `object_state` row that records its decision:
@@ -63,6 +65,7 @@ fn plan(
     sourcestamps: Vec<SourceStamp>,
     base_properties: BTreeMap<String, Value>,
     parent_buildid: Option<i64>,
+    change_ids: Vec<i64>,
 ) -> (NewBuildset, Builders) {
     let mut properties = base_properties;
     properties.extend(scheduler_properties(s));
@@ -79,6 +82,7 @@ fn plan(
         properties,
         builders: builders.iter().map(|(_, id)| (*id, s.priority)).collect(),
         parent_buildid,
+        change_ids,
         ..Default::default()
     };
     (bs, builders)
@@ -136,6 +140,28 @@ pub async fn create(
     base_properties: BTreeMap<String, Value>,
     parent_buildid: Option<i64>,
 ) -> Result<Created, DbError> {
+    create_with_changes(
+        ctx,
+        s,
+        reason,
+        sourcestamps,
+        base_properties,
+        parent_buildid,
+        Vec::new(),
+    )
+    .await
+}
+
+/// As [`create`], recording `change_ids` as the changes behind the buildset.
+pub async fn create_with_changes(
+    ctx: &SchedCtx,
+    s: &SchedulerConfig,
+    reason: String,
+    sourcestamps: Vec<SourceStamp>,
+    base_properties: BTreeMap<String, Value>,
+    parent_buildid: Option<i64>,
+    change_ids: Vec<i64>,
+) -> Result<Created, DbError> {
     let (bs, builders) = plan(
         ctx,
         s,
@@ -143,6 +169,7 @@ pub async fn create(
         sourcestamps,
         base_properties,
         parent_buildid,
+        change_ids,
     );
     let (buildset_id, ids) = ctx.store.add_buildset(&bs).await?;
     created(ctx, s, &bs, &builders, buildset_id, ids).await
@@ -161,7 +188,17 @@ pub async fn create_with_state(
 ) -> Result<Option<Vec<Created>>, DbError> {
     let (buildsets, builders): (Vec<NewBuildset>, Vec<Builders>) = firings
         .into_iter()
-        .map(|f| plan(ctx, s, f.reason, f.sourcestamps, f.properties, None))
+        .map(|f| {
+            plan(
+                ctx,
+                s,
+                f.reason,
+                f.sourcestamps,
+                f.properties,
+                None,
+                f.change_ids,
+            )
+        })
         .unzip();
     let Some(ids) = ctx
         .store
@@ -263,13 +300,14 @@ pub async fn start_try(ctx: &SchedCtx, t: TryRequest) -> Result<Created, StartEr
 }
 
 /// Starts triggerable scheduler `name` for build `parent_buildid`, with the
-/// parent's source stamps and properties.
+/// parent's source stamps, properties and changes.
 pub async fn trigger(
     ctx: &SchedCtx,
     name: &str,
     parent_buildid: i64,
     sourcestamps: Vec<SourceStamp>,
     properties: BTreeMap<String, Value>,
+    change_ids: Vec<i64>,
 ) -> Result<Created, StartError> {
     let Some(s) = ctx
         .config
@@ -282,13 +320,14 @@ pub async fn trigger(
         )));
     };
     let reason = format!("triggered by build {parent_buildid}");
-    Ok(create(
+    Ok(create_with_changes(
         ctx,
         s,
         reason,
         sourcestamps,
         properties,
         Some(parent_buildid),
+        change_ids,
     )
     .await?)
 }

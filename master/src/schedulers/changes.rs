@@ -213,6 +213,7 @@ fn firing(s: &SchedulerConfig, p: &Pending) -> Firing {
             patch: None,
         }],
         properties: c.properties.clone(),
+        change_ids: p.changes.clone(),
     }
 }
 

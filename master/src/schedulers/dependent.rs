@@ -73,6 +73,7 @@ pub async fn tick(ctx: &SchedCtx, s: &SchedulerConfig) -> Result<usize, DbError>
             ),
             sourcestamps: details.sourcestamps,
             properties: details.properties,
+            change_ids: details.change_ids,
         });
     }
     if firings.is_empty() {

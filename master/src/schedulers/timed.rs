@@ -75,7 +75,7 @@ async fn fire(
     let firing = Firing {
         reason,
         sourcestamps: vec![sourcestamp(s)],
-        properties: Default::default(),
+        ..Default::default()
     };
     let state = StateMove {
         object,
