@@ -68,21 +68,7 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     spec.master_timeout = a.master_timeout.clone();
     spec.heartbeat_interval = a.heartbeat_interval.clone();
     let mut cluster = spec.cluster()?;
-    cluster.try_start_gateway()?;
-    for i in 0..3 {
-        cluster.try_start_master(&format!("m{}", i + 1))?;
-    }
-    for i in 0..3 {
-        cluster
-            .wait_master_linked(i, Duration::from_secs(60))
-            .await?;
-    }
-    for w in &workers {
-        cluster.try_start_worker(w)?;
-    }
-    cluster
-        .wait_workers(a.workers, Duration::from_secs(60))
-        .await?;
+    cluster.try_start_all(3, Duration::from_secs(60)).await?;
     let per_master: Vec<usize> = {
         let mut v = Vec::new();
         for m in 0..3 {

@@ -71,20 +71,8 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     let mut spec = Spec::new(&db.url, workers.clone(), builders);
     spec.poll_interval = a.poll_interval.clone();
     let mut cluster = spec.cluster()?;
-    cluster.try_start_gateway()?;
-    for i in 0..a.masters {
-        cluster.try_start_master(&format!("m{}", i + 1))?;
-    }
-    for i in 0..a.masters {
-        cluster
-            .wait_master_linked(i, Duration::from_secs(60))
-            .await?;
-    }
-    for w in &workers {
-        cluster.try_start_worker(w)?;
-    }
     cluster
-        .wait_workers(a.workers, Duration::from_secs(60))
+        .try_start_all(a.masters, Duration::from_secs(60))
         .await?;
     eprintln!(
         "[latency] cluster up: {} masters, {} workers",

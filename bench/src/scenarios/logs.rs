@@ -53,13 +53,7 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
          0123456789 abcdefghijklmnopqrstuvwxyz' | head -c {bytes}\"]\n\n"
     );
     let mut cluster = Spec::new(&db.url, vec!["w0001".into()], builders).cluster()?;
-    cluster.try_start_gateway()?;
-    cluster.try_start_master("m1")?;
-    cluster
-        .wait_master_linked(0, Duration::from_secs(60))
-        .await?;
-    cluster.try_start_worker("w0001")?;
-    cluster.wait_workers(1, Duration::from_secs(60)).await?;
+    cluster.try_start_all(1, Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = cluster.masters[0].proc.pid();
     let before = flotilla_testkit::proc::rss_kib(pid).unwrap_or(0);

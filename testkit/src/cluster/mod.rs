@@ -102,6 +102,24 @@ impl Cluster {
         c
     }
 
+    /// Starts the gateway, masters `m1`..`m<masters>` and, once every master
+    /// is ready and linked to the gateway, every worker of the spec; waits
+    /// up to `timeout` for each of those steps.
+    pub async fn try_start_all(&mut self, masters: usize, timeout: Duration) -> anyhow::Result<()> {
+        self.try_start_gateway()?;
+        for i in 0..masters {
+            self.try_start_master(&format!("m{}", i + 1))?;
+        }
+        for m in 0..self.masters.len() {
+            self.wait_master_linked(m, timeout).await?;
+        }
+        let names: Vec<String> = self.spec.workers.iter().map(|(n, _)| n.clone()).collect();
+        for name in &names {
+            self.try_start_worker(name)?;
+        }
+        self.wait_workers(names.len(), timeout).await
+    }
+
     /// Writes the cluster file into `dir`; starts nothing.
     pub fn prepare(
         spec: ClusterSpec,
