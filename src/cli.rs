@@ -116,6 +116,9 @@ pub struct MasterArgs {
     /// HTTP API address (default: [api] listen of the cluster file).
     #[arg(long)]
     pub http: Option<String>,
+    /// Once listening, write the address bound (`http ADDR`) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +132,9 @@ pub struct GatewayArgs {
     /// Serve Prometheus `/metrics` here (default: [gateway] metrics_listen; off when neither is set).
     #[arg(long)]
     pub metrics: Option<String>,
+    /// Once listening, write the addresses bound (`grpc ADDR`, `metrics ADDR`) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::Proc;
-use common::{Cluster, ClusterSpec, eventually, free_port};
+use common::{Cluster, ClusterSpec, eventually};
 use serde_json::Value;
 
 #[test]
@@ -130,7 +130,6 @@ workers = ["w1"]
 
     // The gateway's metrics address, as [gateway] metrics_listen gives it in the image.
     let dir = tempfile::tempdir().unwrap();
-    let gw_metrics = free_port();
     let config = dir.path().join("cluster.toml");
     std::fs::write(&config, "[database]\nurl = \"sqlite://unused.sqlite\"\n").unwrap();
     let args: Vec<String> = [
@@ -138,14 +137,15 @@ workers = ["w1"]
         "--config",
         config.to_str().unwrap(),
         "--listen",
-        &format!("127.0.0.1:{}", free_port()),
+        "127.0.0.1:0",
         "--metrics",
-        &format!("127.0.0.1:{gw_metrics}"),
+        "127.0.0.1:0",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let gateway = Proc::spawn("gateway-health", &args, &[], dir.path());
+    let (gateway, bound) = Proc::listening("gateway-health", &args, &[], dir.path());
+    let gw_metrics = bound.get("metrics").unwrap().port();
     let ports = [(8010, master_port), (9990, gw_metrics)];
 
     for name in &checked {

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::Proc;
 use common::galera::Galera;
-use common::{eventually, flotilla_bin, free_port, ledger};
+use common::{eventually, flotilla_bin, ledger};
 use flotilla_master::db::{MasterId, NewBuildset, Results, Store};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
@@ -470,26 +470,32 @@ struct Fleet {
 impl Fleet {
     async fn start(g: &Galera, db: &str, builders_toml: &str, workers: usize) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
-        let gateway_port = free_port();
-        let mut configs = Vec::new();
-        for i in 0..3 {
-            let mut toml = format!(
-                "[database]\nurl = \"{}\"\n\n[cluster]\nheartbeat_interval = \"500ms\"\n\
-                 master_timeout = \"4s\"\nclaim_renew_interval = \"2s\"\nclaim_lease = \"60s\"\n\
-                 shutdown_grace = \"20s\"\npoll_interval = \"200ms\"\n\n\
-                 [gateway]\nlisten = \"127.0.0.1:{gateway_port}\"\n\n",
-                g.url(i, db)
-            );
-            for w in 1..=workers {
-                toml.push_str(&format!(
-                    "[[workers]]\nname = \"w{w}\"\npassword = \"w{w}-secret\"\n\n"
-                ));
+        // The gateway binds a port of its own choosing: the files are
+        // written with port 0 for it, then again with its port for the masters.
+        let folder = dir.path().to_owned();
+        let write_configs = |gateway_port: u16| {
+            let mut configs = Vec::new();
+            for i in 0..3 {
+                let mut toml = format!(
+                    "[database]\nurl = \"{}\"\n\n[cluster]\nheartbeat_interval = \"500ms\"\n\
+                     master_timeout = \"4s\"\nclaim_renew_interval = \"2s\"\nclaim_lease = \"60s\"\n\
+                     shutdown_grace = \"20s\"\npoll_interval = \"200ms\"\n\n\
+                     [gateway]\nlisten = \"127.0.0.1:{gateway_port}\"\n\n",
+                    g.url(i, db)
+                );
+                for w in 1..=workers {
+                    toml.push_str(&format!(
+                        "[[workers]]\nname = \"w{w}\"\npassword = \"w{w}-secret\"\n\n"
+                    ));
+                }
+                toml.push_str(builders_toml);
+                let path = folder.join(format!("cluster-node{}.toml", i + 1));
+                std::fs::write(&path, toml).unwrap();
+                configs.push(path);
             }
-            toml.push_str(builders_toml);
-            let path = dir.path().join(format!("cluster-node{}.toml", i + 1));
-            std::fs::write(&path, toml).unwrap();
-            configs.push(path);
-        }
+            configs
+        };
+        let configs = write_configs(0);
         let status = std::process::Command::new(flotilla_bin())
             .args(["db", "upgrade", "--config"])
             .arg(&configs[0])
@@ -514,11 +520,13 @@ impl Fleet {
             "--config".to_owned(),
             f.configs[0].display().to_string(),
         ];
-        f.gateway = Some(Proc::spawn("gateway", &args, &[], f.dir.path()));
+        let (gateway, bound) = Proc::listening("gateway", &args, &[], f.dir.path());
+        f.gateway = Some(gateway);
+        let gateway_port = bound.get("grpc").unwrap().port();
+        write_configs(gateway_port);
         for i in 0..3 {
-            let port = free_port();
-            let p = f.spawn_master(i, port);
-            f.masters.push((p, port));
+            let m = f.spawn_master(i, 0);
+            f.masters.push(m);
         }
         for i in 0..3 {
             f.wait_linked(i).await;
@@ -560,7 +568,9 @@ impl Fleet {
         f
     }
 
-    fn spawn_master(&mut self, i: usize, http: u16) -> Proc {
+    /// Master `i` with its API on `http` (0: a port of its own choosing);
+    /// returns the process and its API's port.
+    fn spawn_master(&mut self, i: usize, http: u16) -> (Proc, u16) {
         self.boots += 1;
         let args = vec![
             "master".to_owned(),
@@ -571,12 +581,13 @@ impl Fleet {
             "--http".to_owned(),
             format!("127.0.0.1:{http}"),
         ];
-        Proc::spawn(
+        let (p, bound) = Proc::listening(
             &format!("master-m{}-boot{}", i + 1, self.boots),
             &args,
             &[],
             self.dir.path(),
-        )
+        );
+        (p, bound.get("http").unwrap().port())
     }
 
     fn api(&self, i: usize) -> String {
@@ -612,7 +623,7 @@ impl Fleet {
 
     fn restart(&mut self, i: usize) {
         let port = self.masters[i].1;
-        let p = self.spawn_master(i, port);
+        let (p, _) = self.spawn_master(i, port);
         let old = std::mem::replace(&mut self.masters[i].0, p);
         self.retired.push(old);
     }
@@ -639,23 +650,13 @@ impl Fleet {
     }
 
     fn dump(&self) -> String {
-        let mut out = String::new();
         let procs = self
             .gateway
             .iter()
             .chain(self.masters.iter().map(|(p, _)| p))
             .chain(self.workers.iter())
             .chain(self.retired.iter());
-        for p in procs {
-            let text = p.output();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            out.push_str(&format!("===== {} =====\n", p.name));
-            for l in tail.into_iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        out
+        common::proc::dump(procs, 40)
     }
 }
 

@@ -5,35 +5,35 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::Proc;
-use common::{eventually, free_port};
+use common::eventually;
 
 #[tokio::test]
 async fn the_gateway_serves_prometheus_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cluster.toml");
     std::fs::write(&config, "[database]\nurl = \"sqlite://unused.sqlite\"\n").unwrap();
-    let (grpc, metrics) = (free_port(), free_port());
     let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let _gateway = Proc::spawn(
+    let (_gateway, bound) = Proc::listening(
         "gateway",
         &args(&[
             "gateway",
             "--config",
             config.to_str().unwrap(),
             "--listen",
-            &format!("127.0.0.1:{grpc}"),
+            "127.0.0.1:0",
             "--metrics",
-            &format!("127.0.0.1:{metrics}"),
+            "127.0.0.1:0",
         ]),
         &[],
         dir.path(),
     );
+    let (grpc, metrics) = (bound.get("grpc").unwrap(), bound.get("metrics").unwrap());
     let _worker = Proc::spawn(
         "worker",
         &args(&[
             "worker",
             "--gateway",
-            &format!("http://127.0.0.1:{grpc}"),
+            &format!("http://{grpc}"),
             "--name",
             "w1",
             "--password-env",
@@ -44,7 +44,7 @@ async fn the_gateway_serves_prometheus_metrics() {
         &[("PW".to_owned(), "secret".to_owned())],
         dir.path(),
     );
-    let url = format!("http://127.0.0.1:{metrics}/metrics");
+    let url = format!("http://{metrics}/metrics");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -61,7 +61,7 @@ async fn the_gateway_serves_prometheus_metrics() {
         "{text}"
     );
     let health = http
-        .get(format!("http://127.0.0.1:{metrics}/healthz"))
+        .get(format!("http://{metrics}/healthz"))
         .send()
         .await
         .unwrap();

@@ -563,24 +563,24 @@ async fn probes_ports_and_names_match_the_binary_and_the_cluster_file() {
         // The gateway, run with the overlay's own cluster file, serves the probes.
         let dir = tempfile::tempdir().unwrap();
         let file = cluster_file(&objs, dir.path());
-        let (grpc, metrics) = (free_port(), free_port());
-        let mut gateway = common::cluster::Proc::spawn(
+        let (mut gateway, bound) = common::cluster::Proc::listening(
             "gateway",
             &[
                 "gateway".to_owned(),
                 "--config".to_owned(),
                 file.display().to_string(),
                 "--listen".to_owned(),
-                format!("127.0.0.1:{grpc}"),
+                "127.0.0.1:0".to_owned(),
                 "--metrics".to_owned(),
-                format!("127.0.0.1:{metrics}"),
+                "127.0.0.1:0".to_owned(),
             ],
             &[],
             dir.path(),
         );
+        let metrics = bound.get("metrics").unwrap();
         for probe in ["readinessProbe", "livenessProbe"] {
             let path = g[probe]["httpGet"]["path"].as_str().unwrap().to_owned();
-            let url = format!("http://127.0.0.1:{metrics}{path}");
+            let url = format!("http://{metrics}{path}");
             eventually(&format!("gateway {url}"), Duration::from_secs(20), || {
                 let http = http.clone();
                 let url = url.clone();

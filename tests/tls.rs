@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::Proc;
-use common::{TestDb, eventually, flotilla_bin, free_port};
+use common::{TestDb, eventually, flotilla_bin};
 
 /// A private CA and a certificate for `localhost` signed by it:
 /// (CA certificate, server certificate, server key).
@@ -80,12 +80,14 @@ async fn a_build_runs_through_a_tls_gateway() {
     let db = TestDb::create("tls").await;
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = private_ca(dir.path());
-    let (gw, http) = (free_port(), free_port());
     let config = dir.path().join("cluster.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    // The gateway binds a port of its own choosing (gw = 0); the file is
+    // written again with that port before the master reads it.
+    let write_config = |gw: u16| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"
 [database]
 url = "{url}"
 
@@ -115,10 +117,12 @@ workers = ["w1", "plain"]
   name = "e"
   command = ["sh", "-c", "echo over tls"]
 "#,
-            url = db.url
-        ),
-    )
-    .unwrap();
+                url = db.url
+            ),
+        )
+        .unwrap()
+    };
+    write_config(0);
     assert!(
         Command::new(flotilla_bin())
             .args(["db", "upgrade", "--config", config.to_str().unwrap()])
@@ -128,13 +132,15 @@ workers = ["w1", "plain"]
     );
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let cfg = config.to_str().unwrap();
-    let _gateway = Proc::spawn(
+    let (_gateway, bound) = Proc::listening(
         "gateway",
         &s(&["gateway", "--config", cfg]),
         &[],
         dir.path(),
     );
-    let _master = Proc::spawn(
+    let gw = bound.get("grpc").unwrap().port();
+    write_config(gw);
+    let (_master, bound) = Proc::listening(
         "master",
         &s(&[
             "master",
@@ -143,11 +149,12 @@ workers = ["w1", "plain"]
             "--name",
             "m1",
             "--http",
-            &format!("127.0.0.1:{http}"),
+            "127.0.0.1:0",
         ]),
         &[],
         dir.path(),
     );
+    let http = bound.get("http").unwrap().port();
     let basedir = dir.path().join("w1");
     let worker = Proc::spawn(
         "worker",

@@ -1,41 +1,27 @@
-//! The run's own MariaDB database: uniquely named, migrated to the current
-//! schema with the real `Store`, dropped at the end of the run.
+//! The run's own MariaDB database: a test kit [`TestDb`] (uniquely named,
+//! dropped at the end of the run), migrated to the current schema with the
+//! real `Store`.
 
 use anyhow::Context;
 use flotilla_master::db::Store;
-use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlPoolOptions};
-use sqlx::{Connection, Executor};
+use flotilla_testkit::TestDb;
+use sqlx::Executor;
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
 #[derive(Debug)]
 pub struct BenchDb {
     pub name: String,
     /// `mysql://.../<name>`: what the cluster file and stores connect to.
     pub url: String,
-    server: String,
     /// A pool of its own for seeding and checking with raw SQL.
     pub pool: MySqlPool,
+    db: TestDb,
 }
 
 impl BenchDb {
     pub async fn create(server: &str, scenario: &str) -> anyhow::Result<BenchDb> {
-        let server = server.trim_end_matches('/').to_owned();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!("flotilla_bench_{scenario}_{}_{nanos:x}", std::process::id());
-        let mut conn = MySqlConnection::connect(&format!("{server}/"))
-            .await
-            .with_context(|| {
-                format!("connect to MariaDB at {server} (run scripts/ensure-mariadb)")
-            })?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
-            .execute(&mut conn)
-            .await
-            .context("create the benchmark database")?;
-        let _ = conn.close().await;
-        let url = format!("{server}/{name}");
-        let store = Store::connect_with(&url, 2).await?;
+        let db = TestDb::try_create_on(server, &format!("bench_{scenario}"), "").await?;
+        let store = Store::connect_with(&db.url, 2).await?;
         store
             .upgrade()
             .await
@@ -49,34 +35,21 @@ impl BenchDb {
                     Ok(())
                 })
             })
-            .connect(&url)
+            .connect(&db.url)
             .await
             .context("connect to the benchmark database")?;
         Ok(BenchDb {
-            name,
-            url,
-            server,
+            name: db.name.clone(),
+            url: db.url.clone(),
             pool,
+            db,
         })
     }
 
-    /// Drops the database; failures are reported, not fatal.
-    pub async fn drop_database(&self) {
+    /// Closes the pool and drops the database.
+    pub async fn drop_database(self) {
         self.pool.close().await;
-        let dropped = async {
-            let mut conn = MySqlConnection::connect(&format!("{}/", self.server)).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS `{}`",
-                self.name
-            )))
-            .execute(&mut conn)
-            .await?;
-            conn.close().await
-        }
-        .await;
-        if let Err(e) = dropped {
-            eprintln!("flotilla-bench: could not drop database {}: {e}", self.name);
-        }
+        drop(self.db);
     }
 
     /// A single number from a query.

@@ -12,8 +12,8 @@
 //!
 //! Modules: [`database`] (the throw-away database), [`delay_proxy`]
 //! (added network latency to the database), [`seed`] (bulk SQL that
-//! fills the queue), [`procs`] (child processes and their memory),
-//! [`cluster`] (a cluster of real `flotilla` processes), [`sim_worker`]
+//! fills the queue), [`cluster`] (a cluster of real `flotilla` processes,
+//! from the test kit), [`sim_worker`]
 //! (light simulated workers speaking the gateway protocol), [`stats`],
 //! [`timing`] (clocks, waiting for and checking requests), [`report`] and
 //! one module per scenario under [`scenarios`].
@@ -21,7 +21,6 @@
 mod cluster;
 mod database;
 mod delay_proxy;
-mod procs;
 mod report;
 mod scenarios;
 mod seed;

@@ -33,7 +33,7 @@ pub async fn wait_complete(pool: &MySqlPool, ids: &[i64], timeout: Duration) -> 
     }
     let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
     let sql = format!("SELECT COUNT(*) FROM buildrequests WHERE id IN ({list}) AND complete = 1");
-    crate::procs::wait_for(
+    flotilla_testkit::wait_for(
         &format!("{} requests to complete", ids.len()),
         timeout,
         || async {

@@ -1,5 +1,6 @@
 //! The long-running components: `master`, `gateway` and `worker`.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,44 @@ async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener, Exit> {
     })
 }
 
+/// The address a listener is bound to, for the log.
+fn shown(listener: &tokio::net::TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|e| format!("(unknown: {e})"), |a| a.to_string())
+}
+
+/// Writes one `NAME HOST:PORT` line per listener to `path`, through a
+/// temporary file and a rename so that a reader sees the whole file or none.
+fn write_ready_file(
+    path: Option<&Path>,
+    listeners: &[(&str, &tokio::net::TcpListener)],
+) -> Result<(), Exit> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let mut text = String::new();
+    for (name, listener) in listeners {
+        match listener.local_addr() {
+            Ok(addr) => text.push_str(&format!("{name} {addr}\n")),
+            Err(e) => {
+                eprintln!("flotilla: cannot read the address bound for {name}: {e}");
+                return Err(Exit::Failed);
+            }
+        }
+    }
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            eprintln!(
+                "flotilla: cannot write --ready-file {}: {e}",
+                path.display()
+            );
+            Exit::Failed
+        })
+}
+
 pub fn default_master_name() -> String {
     hostname::get()
         .ok()
@@ -46,6 +85,9 @@ pub async fn master(a: MasterArgs) -> Exit {
         Ok(l) => l,
         Err(code) => return code,
     };
+    if let Err(code) = write_ready_file(a.ready_file.as_deref(), &[("http", &http)]) {
+        return code;
+    }
     // The server ends a session left idle inside a transaction (a master
     // frozen mid-transaction) well before others may declare it dead.
     flotilla_master::db::set_idle_transaction_timeout(config.cluster.master_timeout.get() / 2);
@@ -94,18 +136,11 @@ pub async fn gateway(a: GatewayArgs) -> Exit {
         Err(code) => return code,
     };
     let metrics_addr = a.metrics.or_else(|| config.gateway.metrics_listen.clone());
-    let metrics_server = match metrics_addr {
-        Some(m) => {
-            let l = match bind(&m, "gateway metrics").await {
-                Ok(l) => l,
-                Err(code) => return code,
-            };
-            tracing::info!(addr = %m, "gateway metrics on /metrics");
-            Some(tokio::spawn(flotilla_master::http::serve_metrics_only(
-                l,
-                signals.graceful.clone(),
-            )))
-        }
+    let metrics_listener = match &metrics_addr {
+        Some(m) => match bind(m, "gateway metrics").await {
+            Ok(l) => Some(l),
+            Err(code) => return code,
+        },
         None => None,
     };
     let buildbot = match &config.gateway.buildbot_listen {
@@ -115,7 +150,23 @@ pub async fn gateway(a: GatewayArgs) -> Exit {
         },
         None => None,
     };
-    tracing::info!(%addr, "gateway listening");
+    let mut bound = vec![("grpc", &listener)];
+    bound.extend(metrics_listener.iter().map(|l| ("metrics", l)));
+    bound.extend(buildbot.iter().map(|l| ("buildbot", l)));
+    if let Err(code) = write_ready_file(a.ready_file.as_deref(), &bound) {
+        return code;
+    }
+    let metrics_server = metrics_listener.map(|l| {
+        tracing::info!(addr = %shown(&l), "gateway metrics on /metrics");
+        tokio::spawn(flotilla_master::http::serve_metrics_only(
+            l,
+            signals.graceful.clone(),
+        ))
+    });
+    if let Some(l) = &buildbot {
+        tracing::info!(addr = %shown(l), "Buildbot workers listening");
+    }
+    tracing::info!(addr = %shown(&listener), "gateway listening");
     let served =
         flotilla_gateway::serve_with(listener, buildbot, opts, signals.graceful.clone()).await;
     if let Some(m) = metrics_server {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::NaiveDateTime;
 
-use crate::cluster::{Cluster, Spec, worker_names};
+use crate::cluster::{Spec, force, worker_names};
 use crate::database::BenchDb;
 use crate::report::{Report, round3};
 use crate::timing::{check_exactly_once, db_now, ms_between, wait_complete};
@@ -67,21 +67,8 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     let mut spec = Spec::new(&db.url, workers.clone(), builders);
     spec.master_timeout = a.master_timeout.clone();
     spec.heartbeat_interval = a.heartbeat_interval.clone();
-    let mut cluster = Cluster::new(spec)?;
-    cluster.start_gateway()?;
-    cluster.wait_gateway().await?;
-    for i in 0..3 {
-        cluster.start_master(&format!("m{}", i + 1))?;
-    }
-    for i in 0..3 {
-        cluster.wait_master_ready(i).await?;
-    }
-    for w in &workers {
-        cluster.start_worker(w)?;
-    }
-    cluster
-        .wait_workers(a.workers, Duration::from_secs(60))
-        .await?;
+    let mut cluster = spec.cluster()?;
+    cluster.try_start_all(3, Duration::from_secs(60)).await?;
     let per_master: Vec<usize> = {
         let mut v = Vec::new();
         for m in 0..3 {
@@ -103,9 +90,9 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
 
     let mut ids = Vec::new();
     for i in 0..a.builds {
-        ids.push(cluster.force(i % 3, "fo").await?);
+        ids.push(force(&cluster, i % 3, "fo").await?);
     }
-    crate::procs::wait_for(
+    flotilla_testkit::wait_for(
         "the victim to run builds",
         Duration::from_secs(60),
         || async {
@@ -145,7 +132,7 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
         .parse::<flotilla_master::config::Dur>()
         .map_err(|e| anyhow::anyhow!("--master-timeout {}: {e}", a.master_timeout))?
         .get();
-    let restarted: HashMap<i64, NaiveDateTime> = crate::procs::wait_for(
+    let restarted: HashMap<i64, NaiveDateTime> = flotilla_testkit::wait_for(
         "the dead master's requests to run elsewhere",
         master_timeout + Duration::from_secs(120),
         || async {

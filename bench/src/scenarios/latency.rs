@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::cluster::{Cluster, Spec, worker_names};
+use crate::cluster::{Spec, force, worker_names};
 use crate::database::BenchDb;
 use crate::report::{Report, round3};
 use crate::stats::{max, percentile};
@@ -70,20 +70,9 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     );
     let mut spec = Spec::new(&db.url, workers.clone(), builders);
     spec.poll_interval = a.poll_interval.clone();
-    let mut cluster = Cluster::new(spec)?;
-    cluster.start_gateway()?;
-    cluster.wait_gateway().await?;
-    for i in 0..a.masters {
-        cluster.start_master(&format!("m{}", i + 1))?;
-    }
-    for i in 0..a.masters {
-        cluster.wait_master_ready(i).await?;
-    }
-    for w in &workers {
-        cluster.start_worker(w)?;
-    }
+    let mut cluster = spec.cluster()?;
     cluster
-        .wait_workers(a.workers, Duration::from_secs(60))
+        .try_start_all(a.masters, Duration::from_secs(60))
         .await?;
     eprintln!(
         "[latency] cluster up: {} masters, {} workers",
@@ -96,9 +85,9 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     for i in 0..a.builds {
         let m = i % a.masters;
         let t0 = now_ns();
-        let id = cluster.force(m, "lat").await?;
+        let id = force(&cluster, m, "lat").await?;
         let path = stamps.path().join(id.to_string());
-        let started: i128 = crate::procs::wait_for_every(
+        let started: i128 = flotilla_testkit::wait_for_every(
             &format!("the step of request {id} to start"),
             Duration::from_secs(60),
             Duration::from_millis(2),

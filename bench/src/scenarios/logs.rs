@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 
-use crate::cluster::{Cluster, Spec};
+use crate::cluster::{Spec, force};
 use crate::database::BenchDb;
 use crate::report::{Report, round3};
 use crate::timing::{check_exactly_once, ms_between, wait_complete};
@@ -52,16 +52,11 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
          name = \"spew\"\n  command = [\"sh\", \"-c\", \"yes 'flotilla benchmark log line \
          0123456789 abcdefghijklmnopqrstuvwxyz' | head -c {bytes}\"]\n\n"
     );
-    let mut cluster = Cluster::new(Spec::new(&db.url, vec!["w0001".into()], builders))?;
-    cluster.start_gateway()?;
-    cluster.wait_gateway().await?;
-    cluster.start_master("m1")?;
-    cluster.wait_master_ready(0).await?;
-    cluster.start_worker("w0001")?;
-    cluster.wait_workers(1, Duration::from_secs(60)).await?;
+    let mut cluster = Spec::new(&db.url, vec!["w0001".into()], builders).cluster()?;
+    cluster.try_start_all(1, Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = cluster.masters[0].proc.pid();
-    let before = crate::procs::rss_kib(pid).unwrap_or(0);
+    let before = flotilla_testkit::proc::rss_kib(pid).unwrap_or(0);
 
     let peak = Arc::new(AtomicU64::new(before));
     let done = Arc::new(AtomicBool::new(false));
@@ -69,7 +64,7 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
         let (peak, done) = (peak.clone(), done.clone());
         tokio::spawn(async move {
             while !done.load(Ordering::SeqCst) {
-                if let Some(kib) = crate::procs::rss_kib(pid) {
+                if let Some(kib) = flotilla_testkit::proc::rss_kib(pid) {
                     peak.fetch_max(kib, Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -77,13 +72,13 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
         })
     };
     let started = std::time::Instant::now();
-    let id = cluster.force(0, "logs").await?;
+    let id = force(&cluster, 0, "logs").await?;
     let waited = wait_complete(&db.pool, &[id], Duration::from_secs(600)).await;
     let elapsed = started.elapsed();
     done.store(true, Ordering::SeqCst);
     let _ = sampler.await;
     waited?;
-    let after = crate::procs::rss_kib(pid).unwrap_or(0);
+    let after = flotilla_testkit::proc::rss_kib(pid).unwrap_or(0);
 
     for p in check_exactly_once(&db.pool, &[id]).await? {
         report.check(false, || p);
@@ -124,7 +119,7 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     let read_client = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()?;
-    let rss_idle = crate::procs::rss_kib(pid).unwrap_or(0);
+    let rss_idle = flotilla_testkit::proc::rss_kib(pid).unwrap_or(0);
     let mut read_peaks = Vec::new();
     let mut read_rate = 0.0;
     for readers in [1usize, 3] {
@@ -134,7 +129,7 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
             let (peak, done) = (peak.clone(), done.clone());
             tokio::spawn(async move {
                 while !done.load(Ordering::SeqCst) {
-                    if let Some(kib) = crate::procs::rss_kib(pid) {
+                    if let Some(kib) = flotilla_testkit::proc::rss_kib(pid) {
                         peak.fetch_max(kib, Ordering::SeqCst);
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;

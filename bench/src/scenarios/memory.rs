@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::cluster::{Cluster, Spec, worker_names};
+use crate::cluster::{Spec, force, worker_names};
 use crate::database::BenchDb;
 use crate::report::{Report, round3};
 use crate::sim_worker::SimWorkers;
@@ -48,19 +48,20 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
          command = [\"true\"]\n\n",
         Spec::toml_list(&workers)
     );
-    let mut cluster = Cluster::new(Spec::new(&db.url, workers.clone(), builders))?;
-    cluster.start_gateway()?;
-    cluster.wait_gateway().await?;
-    cluster.start_master("m1")?;
-    cluster.wait_master_ready(0).await?;
+    let mut cluster = Spec::new(&db.url, workers.clone(), builders).cluster()?;
+    cluster.try_start_gateway()?;
+    cluster.try_start_master("m1")?;
+    cluster
+        .wait_master_linked(0, Duration::from_secs(60))
+        .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let gateway_pid = cluster.gateway.as_ref().map(|g| g.pid()).unwrap_or(0);
     let master_pid = cluster.masters[0].proc.pid();
-    let rss = |pid| crate::procs::rss_kib(pid).unwrap_or(0);
+    let rss = |pid| flotilla_testkit::proc::rss_kib(pid).unwrap_or(0);
     let (gw_before, master_before) = (rss(gateway_pid), rss(master_pid));
 
     let sims = SimWorkers::start(&cluster.gateway_url(), &workers)?;
-    crate::procs::wait_for(
+    flotilla_testkit::wait_for(
         &format!("{} simulated workers registered", a.workers),
         Duration::from_secs(180),
         || async { (sims.registered() >= a.workers).then_some(()) },
@@ -78,7 +79,7 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
 
     let mut ids = Vec::new();
     for _ in 0..a.builds {
-        ids.push(cluster.force(0, "mem").await?);
+        ids.push(force(&cluster, 0, "mem").await?);
     }
     wait_complete(&db.pool, &ids, Duration::from_secs(120)).await?;
     let master_after = rss(master_pid);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use flotilla_master::db::Store;
 
-use crate::cluster::{Cluster, Spec};
+use crate::cluster::Spec;
 use crate::database::BenchDb;
 use crate::report::{Report, ms, round3};
 use crate::seed;
@@ -104,15 +104,14 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
         ));
     }
     let spec = Spec::new(&db.url, vec!["w0001".into(), "w0002".into()], toml);
-    let mut cluster = Cluster::new(spec)?;
-    cluster.start_gateway()?;
-    cluster.wait_gateway().await?;
-    cluster.start_worker("w0001")?;
+    let mut cluster = spec.cluster()?;
+    cluster.try_start_gateway()?;
+    cluster.try_start_worker("w0001")?;
     // Let the worker reach the gateway and wait there for a master.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let spawned = Instant::now();
-    cluster.start_master("m1")?;
-    let first: i64 = crate::procs::wait_for_every(
+    cluster.try_start_master("m1")?;
+    let first: i64 = flotilla_testkit::wait_for_every(
         "the master's first claim",
         Duration::from_secs(120),
         Duration::from_millis(2),

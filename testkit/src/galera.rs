@@ -9,12 +9,14 @@
 //! installs it). Every server is killed when the cluster is dropped.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Executor};
 
-use super::free_port;
+use crate::mariadb::{install_db, mariadbd};
+use crate::ports::free_port;
+use crate::proc::stop_child;
 
 /// The Galera provider library of Debian's `galera-4`.
 pub const PROVIDER: &str = "/usr/lib/galera/libgalera_smm.so";
@@ -76,19 +78,7 @@ impl Galera {
                 child: None,
             });
         }
-        let status = Command::new("mariadb-install-db")
-            .args([
-                "--no-defaults",
-                "--user=root",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ])
-            .arg(format!("--datadir={}", nodes[0].data().display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run mariadb-install-db");
-        assert!(status.success(), "mariadb-install-db failed");
+        install_db(&nodes[0].data());
         let mut g = Galera {
             name: format!("flotilla_{}", std::process::id()),
             dir,
@@ -136,25 +126,14 @@ impl Galera {
             .append(true)
             .open(n.dir.join("server.log"))
             .expect("server log");
-        let mut cmd = Command::new("/usr/sbin/mariadbd");
-        cmd.arg("--no-defaults")
-            .arg(format!("--datadir={}", n.data().display()))
-            .arg(format!("--port={}", n.port))
-            .arg(format!("--socket={}", n.dir.join("sock").display()))
-            .arg(format!("--pid-file={}", n.dir.join("pid").display()))
-            .args([
-                "--bind-address=127.0.0.1",
-                "--user=root",
-                "--skip-grant-tables",
-                "--innodb-buffer-pool-size=64M",
-                "--innodb-flush-log-at-trx-commit=2",
-                "--skip-log-bin",
-                "--max-connections=500",
-                "--binlog-format=ROW",
-                "--innodb-autoinc-lock-mode=2",
-                "--wsrep-on=ON",
-                "--wsrep-sst-method=rsync",
-            ])
+        let mut cmd = mariadbd(&n.dir, n.port);
+        cmd.args([
+            "--innodb-flush-log-at-trx-commit=2",
+            "--binlog-format=ROW",
+            "--innodb-autoinc-lock-mode=2",
+            "--wsrep-on=ON",
+            "--wsrep-sst-method=rsync",
+        ])
             .arg(format!("--wsrep-provider={PROVIDER}"))
             .arg(format!("--wsrep-cluster-address=gcomm://{address}"))
             .arg(format!("--wsrep-cluster-name={}", self.name))
@@ -226,17 +205,9 @@ impl Galera {
     /// incremental state transfer) and waits until the others see two nodes.
     pub async fn stop_node(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(60) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            tokio::task::spawn_blocking(move || stop_child(&mut child, Duration::from_secs(60)))
+                .await
+                .expect("stop a Galera node");
         }
         for j in (0..3).filter(|j| *j != i) {
             self.wait_synced(j, 2).await;

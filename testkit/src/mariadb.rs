@@ -2,11 +2,12 @@
 //! so the test may stop and start it without disturbing anything else, and
 //! optionally with a clock the test can step (libfaketime).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::free_port;
+use crate::ports::free_port;
+use crate::proc::stop_child;
 
 #[derive(Debug)]
 pub struct PrivateMariadb {
@@ -35,19 +36,7 @@ impl PrivateMariadb {
     fn start_with(steppable_clock: bool) -> PrivateMariadb {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
-        let status = Command::new("mariadb-install-db")
-            .args([
-                "--no-defaults",
-                "--user=root",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ])
-            .arg(format!("--datadir={}", data.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run mariadb-install-db");
-        assert!(status.success(), "mariadb-install-db failed");
+        install_db(&data);
         let mut db = PrivateMariadb {
             port: free_port(),
             clock_file: steppable_clock.then(|| dir.path().join("faketime.rc")),
@@ -77,10 +66,6 @@ impl PrivateMariadb {
         std::fs::rename(&tmp, file).expect("move the clock offset in place");
     }
 
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
     pub fn url(&self, database: &str) -> String {
         format!("mysql://root@127.0.0.1:{}/{database}", self.port)
     }
@@ -92,7 +77,7 @@ impl PrivateMariadb {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .expect("server log");
-        let mut cmd = Command::new("/usr/sbin/mariadbd");
+        let mut cmd = mariadbd(self.dir.path(), self.port);
         if let Some(file) = &self.clock_file {
             cmd.env("LD_PRELOAD", LIBFAKETIME)
                 .env("FAKETIME_TIMESTAMP_FILE", file)
@@ -100,25 +85,6 @@ impl PrivateMariadb {
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
         let child = cmd
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", self.data().display()))
-            .arg(format!("--port={}", self.port))
-            .arg(format!(
-                "--socket={}",
-                self.dir.path().join("sock").display()
-            ))
-            .arg(format!(
-                "--pid-file={}",
-                self.dir.path().join("pid").display()
-            ))
-            .args([
-                "--bind-address=127.0.0.1",
-                "--user=root",
-                "--skip-grant-tables",
-                "--innodb-buffer-pool-size=64M",
-                "--skip-log-bin",
-                "--max-connections=500",
-            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -137,17 +103,7 @@ impl PrivateMariadb {
     /// Shuts the server down (clean shutdown, as `systemctl stop` would).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let start = std::time::Instant::now();
-            while start.elapsed() < Duration::from_secs(30) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_child(&mut child, Duration::from_secs(30));
         }
     }
 }
@@ -159,4 +115,42 @@ impl Drop for PrivateMariadb {
             let _ = child.wait();
         }
     }
+}
+
+/// Creates a MariaDB data folder at `datadir` (root without a password).
+pub fn install_db(datadir: &Path) {
+    let status = Command::new("mariadb-install-db")
+        .args([
+            "--no-defaults",
+            "--user=root",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ])
+        .arg(format!("--datadir={}", datadir.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run mariadb-install-db");
+    assert!(status.success(), "mariadb-install-db failed");
+}
+
+/// `mariadbd` on loopback port `port` with its data in `<dir>/data` and its
+/// socket and pid file in `dir`, for tests: no grants, a small buffer pool,
+/// no binary log.
+pub fn mariadbd(dir: &Path, port: u16) -> Command {
+    let mut cmd = Command::new("/usr/sbin/mariadbd");
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", dir.join("data").display()))
+        .arg(format!("--port={port}"))
+        .arg(format!("--socket={}", dir.join("sock").display()))
+        .arg(format!("--pid-file={}", dir.join("pid").display()))
+        .args([
+            "--bind-address=127.0.0.1",
+            "--user=root",
+            "--skip-grant-tables",
+            "--innodb-buffer-pool-size=64M",
+            "--skip-log-bin",
+            "--max-connections=500",
+        ]);
+    cmd
 }
