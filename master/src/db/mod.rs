@@ -19,9 +19,9 @@
 //!   gap locks) in UTC.
 //!
 //! Submodules: [`types`] (data in and out), [`error`], `dialect`, `schema`
-//! (migrations), `masters`, `claims`, `candidates`, `mysql_script` (the claim loop's hot
-//! transactions as one round trip each on MySQL), `buildset_finish`,
-//! `requests` (changes, buildsets), `builds` (builds and steps), `logs`,
+//! (migrations), `masters`, [`claims`] (the whole claim protocol, from pick
+//! to reaping, and its two paths: stepwise and one trip on MySQL),
+//! `buildset_finish`, `requests` (changes, buildsets), `builds` (steps), `logs`,
 //! `reads` and `change_reads` (API listings), `state` (key/value state and
 //! object ownership), `janitor`, `presence`, `control`.
 
@@ -75,9 +75,8 @@ macro_rules! with_pool_retry {
 mod builds;
 pub(crate) mod buildset_finish;
 mod cancel;
-mod candidates;
 mod change_reads;
-mod claims;
+pub mod claims;
 mod control;
 pub(crate) mod dialect;
 pub mod error;
@@ -85,7 +84,6 @@ mod heartbeat;
 mod janitor;
 mod logs;
 mod masters;
-mod mysql_script;
 mod presence;
 mod reads;
 mod recount;
@@ -96,6 +94,7 @@ mod schema;
 mod state;
 pub mod types;
 
+pub use claims::{Claim, ClaimRound};
 pub use control::LastBuild;
 pub use error::DbError;
 pub use heartbeat::HeartbeatLink;
@@ -135,7 +134,7 @@ pub(crate) enum Pool {
 pub struct Store {
     pool: Pool,
     /// Whether the hot transactions go to MySQL as one-trip scripts
-    /// (`mysql_script`); cleared, for every clone, when the server turns out
+    /// (`claims::script`); cleared, for every clone, when the server turns out
     /// not to accept them.
     scripts: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
