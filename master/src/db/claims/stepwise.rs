@@ -53,6 +53,25 @@ macro_rules! claim_locked {
 }
 pub(crate) use claim_locked;
 
+/// In an open write transaction `$tx` that has just locked the claims
+/// `$won` picked: nothing to do when there are none; else claim them (as
+/// `claim_locked!`), count them on their builders and commit. The round's
+/// outcome.
+macro_rules! claim_picked {
+    ($tx:expr, $d:expr, $me:expr, $won:expr) => {{
+        let won: Vec<$crate::db::claims::Claim> = $won;
+        if won.is_empty() {
+            $tx.rollback().await?;
+            return Ok($crate::db::claims::ClaimRound::NothingToDo);
+        }
+        let ids = $crate::db::claims::stepwise::claim_locked!($tx, $d, $me, &won);
+        $crate::db::claims::counts::count_claims!($tx, &ids, 1);
+        $tx.commit().await?;
+        Ok($crate::db::claims::ClaimRound::Won(won))
+    }};
+}
+pub(crate) use claim_picked;
+
 /// `pick_and_claim_per_builder`: for each (builder id, max), lock up to max
 /// of its best claimable requests and claim them.
 pub(super) async fn pick_and_claim_per_builder(
@@ -76,14 +95,7 @@ pub(super) async fn pick_and_claim_per_builder(
                 .await?;
             won.extend(Claim::all(ids.into_iter().map(|id| (id, *builder))));
         }
-        if won.is_empty() {
-            tx.rollback().await?;
-            return Ok(ClaimRound::NothingToDo);
-        }
-        let ids = claim_locked!(tx, d, me, &won);
-        count_claims!(tx, &ids, 1);
-        tx.commit().await?;
-        Ok(ClaimRound::Won(won))
+        claim_picked!(tx, d, me, won)
     })
 }
 

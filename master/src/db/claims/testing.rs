@@ -7,8 +7,7 @@
 
 use sqlx::AssertSqlSafe;
 
-use super::counts::count_claims;
-use super::stepwise::claim_locked;
+use super::stepwise::claim_picked;
 use super::{Claim, ClaimRound, dedup, sql};
 use crate::db::dialect::placeholders;
 use crate::db::{BeginWrite, DbError, MasterId, Store};
@@ -38,14 +37,7 @@ pub async fn claim_exactly(
             q = q.bind(id);
         }
         let won = Claim::all(q.fetch_all(&mut *tx).await?);
-        if won.is_empty() {
-            tx.rollback().await?;
-            return Ok(ClaimRound::NothingToDo);
-        }
-        let ids = claim_locked!(tx, d, me, &won);
-        count_claims!(tx, &ids, 1);
-        tx.commit().await?;
-        Ok(ClaimRound::Won(won))
+        claim_picked!(tx, d, me, won)
     })
 }
 
