@@ -327,7 +327,7 @@ async fn masters_race_over_one_queue() {
     }
     println!(
         "{MASTERS} masters built {} requests in {elapsed:.2?}; the limited builder peaked at \
-         {peak} of {MAX}; the dead incarnation was refused {ghost_tries} times",
+         {peak} of {MAX}; the dead incarnation tried {ghost_tries} claims and won none",
         FREE + LIMITED
     );
 }
