@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 use common::cluster::Proc;
 use common::galera::Galera;
 use common::{eventually, flotilla_bin, ledger};
-use flotilla_master::db::{MasterId, NewBuildset, Results, Store};
+use flotilla_master::db::claims::testing::claim_requests;
+use flotilla_master::db::{BuilderId, MasterId, NewBuildset, Results, Store};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 
@@ -84,7 +85,7 @@ async fn node_stores(g: &Galera, db: &str, stepwise: bool) -> Vec<(Store, Master
 async fn claim_when_there(s: &Store, me: MasterId, id: i64) {
     let start = Instant::now();
     loop {
-        if s.claim_requests(me, &[id]).await.unwrap() == vec![id] {
+        if claim_requests(s, me, &[id]).await.unwrap() == vec![id] {
             return;
         }
         assert!(
@@ -261,7 +262,11 @@ async fn completions_and_limited_claims_on_three_nodes() {
             let (s, me, barrier, b) = (s.clone(), *me, barrier.clone(), ids["limited"]);
             tasks.push(tokio::spawn(async move {
                 barrier.wait().await;
-                let won = s.claim_within_limit(me, b, 2, MAX).await.unwrap();
+                let won = s
+                    .claim_within_limit(me, BuilderId(b), 2, MAX)
+                    .await
+                    .unwrap()
+                    .request_ids();
                 (s, me, won)
             }));
         }
@@ -376,7 +381,11 @@ async fn claim_race_on_three_nodes() {
             let me = s.register_master(&format!("racer{k}")).await.unwrap().id;
             let (mut done, mut errors, mut idle) = (Vec::new(), 0usize, 0);
             loop {
-                let won = retrying!(errors, s.pick_and_claim_per_builder(me, &[(race, 4)]));
+                let won = retrying!(
+                    errors,
+                    s.pick_and_claim_per_builder(me, &[(BuilderId(race), 4)])
+                )
+                .request_ids();
                 if won.is_empty() {
                     idle += 1;
                     let left = retrying!(
@@ -394,7 +403,7 @@ async fn claim_race_on_three_nodes() {
                     continue;
                 }
                 idle = 0;
-                let ids: Vec<i64> = won.iter().map(|(id, _)| *id).collect();
+                let ids = won;
                 let completed = retrying!(errors, s.complete_requests(me, &ids, Results::Success));
                 assert_eq!(
                     completed.len(),

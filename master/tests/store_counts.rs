@@ -11,12 +11,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestDb, builder, master, outlive, seed};
-use flotilla_master::db::{NewBuildset, RequestFilter, Results, Store};
+use common::{TestClaims, TestDb, builder, master, outlive, seed};
+use flotilla_master::db::{BuilderId, NewBuildset, RequestFilter, Results, Store};
 
 const SHORT: Duration = Duration::from_secs(1);
 
-both_backends!(
+store_suite!(
     counts_follow_every_claim_and_completion_path,
     a_batch_completion_counts_each_buildset_down,
     limited_claims_race_and_never_exceed_the_limit,
@@ -93,15 +93,18 @@ async fn counts_follow_every_claim_and_completion_path(db: &TestDb) {
     assert_counts_exact(db, "claim_requests").await;
     assert_eq!(claimed_of(db, unit).await, 2);
 
-    let picked = s.pick_and_claim(a, &[lint], 1).await.unwrap();
-    assert_eq!(picked.len(), 1);
-    assert_counts_exact(db, "pick_and_claim").await;
+    let limited = s
+        .claim_within_limit(a, BuilderId(lint), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(limited.won().len(), 1);
+    assert_counts_exact(db, "claim_within_limit").await;
 
-    let per = s.pick_and_claim_per_builder(b, &[(unit, 1)]).await.unwrap();
+    let per = s.pick_per_builder(b, &[(unit, 1)]).await.unwrap();
     assert_eq!(per.len(), 1);
     assert_counts_exact(db, "pick_and_claim_per_builder, one").await;
     let per = s
-        .pick_and_claim_per_builder(b, &[(lint, 2), (unit, 1)])
+        .pick_per_builder(b, &[(lint, 2), (unit, 1)])
         .await
         .unwrap();
     assert_eq!(per.len(), 2, "{per:?}");
@@ -149,7 +152,7 @@ async fn counts_follow_every_claim_and_completion_path(db: &TestDb) {
     assert_counts_exact(db, "complete replayed").await;
 
     // finish_build, completing and not.
-    let free = s.pick_and_claim_per_builder(a, &[(unit, 2)]).await.unwrap();
+    let free = s.pick_per_builder(a, &[(unit, 2)]).await.unwrap();
     assert_eq!(free.len(), 2, "{free:?}");
     let b0 = s.start_build(a, free[0].0, unit, w).await.unwrap().unwrap();
     let b1 = s.start_build(a, free[1].0, unit, w).await.unwrap().unwrap();
@@ -186,14 +189,14 @@ async fn counts_follow_every_claim_and_completion_path(db: &TestDb) {
     assert_eq!(cancelled, 1);
     assert_counts_exact(db, "cancel").await;
 
-    let won = s.pick_and_claim_per_builder(b, &[(unit, 1)]).await.unwrap();
+    let won = s.pick_per_builder(b, &[(unit, 1)]).await.unwrap();
     assert_eq!(won.len(), 1);
     outlive(SHORT).await;
     let released = s.release_expired_claims(SHORT).await.unwrap();
     assert!(released.contains(&won[0].0), "{released:?}");
     assert_counts_exact(db, "release_expired_claims").await;
 
-    let won = s.pick_and_claim_per_builder(a, &[(unit, 1)]).await.unwrap();
+    let won = s.pick_per_builder(a, &[(unit, 1)]).await.unwrap();
     assert_eq!(won.len(), 1);
     let held = s.claims_held(a).await.unwrap();
     let released = s.release_orphaned_claims(a, &held).await.unwrap();
@@ -201,20 +204,18 @@ async fn counts_follow_every_claim_and_completion_path(db: &TestDb) {
     assert_eq!(released.len(), held.len());
     assert_counts_exact(db, "release_orphaned_claims").await;
 
-    let won = s.pick_and_claim_per_builder(a, &[(unit, 1)]).await.unwrap();
+    let won = s.pick_per_builder(a, &[(unit, 1)]).await.unwrap();
     assert_eq!(won.len(), 1);
-    outlive(SHORT).await;
-    assert!(s.heartbeat(b).await.unwrap());
-    let rep = s.reap_dead_masters(SHORT).await.unwrap();
-    assert_eq!(rep.dead_masters, vec![a]);
-    assert_eq!(rep.released, vec![won[0].0]);
-    assert_counts_exact(db, "reap_dead_masters").await;
+    let seen = s.master_flags(a).await.unwrap().unwrap().last_active;
+    assert!(s.declare_dead(a, seen).await.unwrap());
+    assert_eq!(s.release_inactive().await.unwrap(), vec![won[0].0]);
+    assert_counts_exact(db, "release_inactive").await;
 
     // Finish the rest: the buildset completes with the worst rank any of its
     // requests completed with (one of them was cancelled).
     loop {
         let won = s
-            .pick_and_claim_per_builder(b, &[(unit, 3), (lint, 3)])
+            .pick_per_builder(b, &[(unit, 3), (lint, 3)])
             .await
             .unwrap();
         if won.is_empty() {
@@ -310,7 +311,11 @@ async fn limited_claims_race_and_never_exceed_the_limit(db: &TestDb) {
         tasks.push(tokio::spawn(async move {
             let mut done = 0usize;
             for round in 0..2000 {
-                let won = s.claim_within_limit(me, unit, 2, MAX).await.unwrap();
+                let won = s
+                    .claim_within_limit(me, BuilderId(unit), 2, MAX)
+                    .await
+                    .unwrap()
+                    .request_ids();
                 let open = s
                     .list_requests(&RequestFilter {
                         complete: Some(false),

@@ -9,18 +9,49 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestDb, builder, master, seed};
-use flotilla_master::db::{Backend, Results};
+use common::{TestClaims, TestDb, builder, master, seed};
+use flotilla_master::db::{Backend, BuilderId, ClaimRound, Results};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
-both_backends!(
+store_suite!(
     a_replayed_finish_keeps_the_outcome,
     a_replayed_start_finds_the_same_build,
     death_is_a_compare_and_swap_on_the_watched_heartbeat,
     releases_skip_rows_a_frozen_master_holds_locked,
     orphaned_claims_are_released_only_if_unchanged,
     a_drifted_claim_count_is_recounted,
+    a_dead_incarnation_claims_nothing_of_a_limited_builder,
 );
+
+/// The limited claim (`max_concurrent_builds`) is fenced like every other
+/// claim: an incarnation already declared dead wins nothing, even with room
+/// under the limit and claimable requests waiting.
+async fn a_dead_incarnation_claims_nothing_of_a_limited_builder(db: &TestDb) {
+    let s = db.upgraded_store().await;
+    let a = master(&s, "a").await;
+    let b = master(&s, "b").await;
+    let bl = builder(&s, "limited").await;
+    let r = seed(&s, bl, 3, 0).await;
+    let seen = s.master_flags(a).await.unwrap().unwrap().last_active;
+    assert!(s.declare_dead(a, seen).await.unwrap());
+    // Woken after being declared dead, before its next heartbeat tells it so:
+    let round = s.claim_within_limit(a, BuilderId(bl), 2, 5).await.unwrap();
+    assert_eq!(round, ClaimRound::RefusedInactive);
+    for id in &r {
+        let req = s.get_request(*id).await.unwrap().unwrap();
+        assert_eq!(req.claimed_by_masterid, None, "request {id}");
+    }
+    assert_eq!(
+        db.scalar_i64(&format!(
+            "SELECT claimed_requests FROM builders WHERE id = {bl}"
+        ))
+        .await,
+        0
+    );
+    // A live master still claims within the limit.
+    let round = s.claim_within_limit(b, BuilderId(bl), 2, 5).await.unwrap();
+    assert_eq!(round.won().len(), 2);
+}
 
 async fn a_replayed_finish_keeps_the_outcome(db: &TestDb) {
     let s = db.upgraded_store().await;

@@ -15,7 +15,7 @@ use flotilla_master::janitor;
 
 const SHORT: Duration = Duration::from_secs(1);
 
-both_backends!(
+store_suite!(
     changes_list_newest_first_and_filter,
     object_owners_list_with_their_masters,
     janitor_prunes_old_unreferenced_master_incarnations,

@@ -9,11 +9,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestDb, builder, master, seed};
+use common::{TestClaims, TestDb, builder, master, seed};
 use flotilla_master::db::outbox::{Phase, ReportRoute};
 use flotilla_master::db::{DeliveryOutcome, DeliveryState, MasterId, Prepared, Results, Store};
 
-both_backends!(
+store_suite!(
     starts_and_finishes_enqueue_one_delivery_each_even_when_replayed,
     a_topic_is_delivered_in_order_and_an_outdated_status_is_superseded,
     a_dead_masters_delivery_is_taken_over_and_the_loser_records_nothing,

@@ -9,10 +9,10 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{TestDb, builder, master};
+use common::{TestClaims, TestDb, builder, master};
 use flotilla_master::db::{BuildFilter, NewBuildset, NewChange, Patch, SourceStamp};
 
-both_backends!(a_buildset_reads_back_with_its_provenance);
+store_suite!(a_buildset_reads_back_with_its_provenance);
 
 fn change(rev: &str) -> NewChange {
     NewChange {

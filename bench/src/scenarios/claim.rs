@@ -1,6 +1,6 @@
 //! `claim`: N independent stores (own pools, own master rows) run the real
-//! claim code — `pick_and_claim_per_builder` (as the claim loop does) or
-//! `pick_and_claim`, then `complete_requests` — until R pending requests are
+//! claim code — `pick_and_claim_per_builder`, as the claim loop does, then
+//! `complete_requests` — until R pending requests are
 //! all complete. In the same run, the same N-way concurrency does only what
 //! a claim minimally costs: one bare primary-key compare-and-swap `UPDATE`
 //! to claim and one to complete per request, over R other requests.
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use flotilla_master::db::{Results, Store};
+use flotilla_master::db::{BuilderId, Results, Store};
 use sqlx::Executor;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
@@ -38,9 +38,6 @@ pub struct Args {
     /// Connections in each master's pool.
     #[arg(long, default_value_t = 2)]
     pool: u32,
-    /// Which pick to run.
-    #[arg(long, value_enum, default_value_t = Pick::PerBuilder)]
-    pick: Pick,
     /// Added round-trip time to the database, in milliseconds (a relay on
     /// loopback delays each direction by half): the masters' and the bare
     /// baseline's connections go through it, as if the database were on
@@ -56,14 +53,6 @@ pub struct Args {
     /// node i mod n, so each master is on its own node.
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Pick {
-    /// `pick_and_claim_per_builder`, what the claim loop calls.
-    PerBuilder,
-    /// `pick_and_claim` (candidates merged over builders).
-    Merged,
 }
 
 /// What one competing master did.
@@ -96,7 +85,6 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     report.set("requests", a.requests);
     report.set("batch", a.batch);
     report.set("pool", a.pool);
-    report.set("pick", format!("{:?}", a.pick));
     anyhow::ensure!(
         a.db_rtt_ms.is_finite() && a.db_rtt_ms >= 0.0,
         "--db-rtt-ms must be a non-negative number"
@@ -141,9 +129,9 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     let mut tasks = Vec::new();
     for (store, me) in stores.clone() {
         let pool = db.pool.clone();
-        let (batch, pick) = (a.batch, a.pick);
+        let batch = a.batch;
         tasks.push(tokio::spawn(async move {
-            claim_until_empty(&store, me, real_builder, batch, pick, &pool).await
+            claim_until_empty(&store, me, real_builder, batch, &pool).await
         }));
     }
     let mut tallies = Vec::new();
@@ -279,19 +267,15 @@ async fn claim_until_empty(
     me: i64,
     builder: i64,
     batch: usize,
-    pick: Pick,
     check: &MySqlPool,
 ) -> anyhow::Result<MasterTally> {
     let mut tally = MasterTally::default();
     loop {
         let t = Instant::now();
-        let picked = match pick {
-            Pick::PerBuilder => store
-                .pick_and_claim_per_builder(me, &[(builder, batch)])
-                .await
-                .map(|won| won.into_iter().map(|(id, _)| id).collect()),
-            Pick::Merged => store.pick_and_claim(me, &[builder], batch).await,
-        };
+        let picked = store
+            .pick_and_claim_per_builder(me, &[(BuilderId(builder), batch)])
+            .await
+            .map(|round| round.request_ids());
         let won: Vec<i64> = match picked {
             Ok(won) => won,
             // A conflict that outlasted the store's retries (on Galera, a

@@ -3,7 +3,9 @@
 //!
 //! 1. With 1,000 pending (the baseline), then with P, a store claims one
 //!    request of one builder (`pick_and_claim_per_builder`, as the claim
-//!    loop does) and of any of the 100 builders (`pick_and_claim`), and
+//!    loop does) and of any of the 100 builders (`claim_candidates`, then
+//!    `pick_and_claim_per_builder` on the best, as the claim loop serves a
+//!    worker of every builder), and
 //!    gives it back untimed; `claim_p50_ms` is the median of the first, and
 //!    `claim_ratio_vs_1k` compares it with the baseline of the same run.
 //! 2. A real master process starts with one real worker waiting at the
@@ -16,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use flotilla_master::db::Store;
+use flotilla_master::db::{BuilderId, Store};
 
 use crate::cluster::Spec;
 use crate::database::BenchDb;
@@ -156,14 +158,28 @@ async fn time_claims(
     for s in 0..samples {
         let b = builders[s % builders.len()];
         let t = Instant::now();
-        let won = store.pick_and_claim_per_builder(me, &[(b, 1)]).await?;
+        let won = store
+            .pick_and_claim_per_builder(me, &[(BuilderId(b), 1)])
+            .await?
+            .request_ids();
         one.push(ms(t.elapsed()));
         anyhow::ensure!(won.len() == 1, "builder {b} had nothing to claim");
-        let ids: Vec<i64> = won.iter().map(|(id, _)| *id).collect();
-        store.unclaim(me, &ids).await?;
+        store.unclaim(me, &won).await?;
 
+        // A worker serving every builder, as the claim loop serves it: look
+        // at each builder's best request, then claim the best of them.
         let t = Instant::now();
-        let won = store.pick_and_claim(me, builders, 1).await?;
+        let wants: Vec<(i64, usize)> = builders.iter().map(|b| (*b, 1)).collect();
+        let best = store
+            .claim_candidates(&wants)
+            .await?
+            .into_iter()
+            .min_by_key(|c| (std::cmp::Reverse(c.priority), c.submitted_at, c.id));
+        let best = best.context("nothing to claim")?;
+        let won = store
+            .pick_and_claim_per_builder(me, &[(BuilderId(best.builder_id), 1)])
+            .await?
+            .request_ids();
         any.push(ms(t.elapsed()));
         anyhow::ensure!(won.len() == 1, "nothing to claim");
         store.unclaim(me, &won).await?;

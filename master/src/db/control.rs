@@ -1,7 +1,7 @@
 //! Operator controls and dashboard reads that the original listings lack:
-//! stop requests for builds running on another master, claims that respect
-//! a builder's `max_concurrent_builds` across the cluster, and each
-//! builder's last result.
+//! stop requests for builds running on another master, and each builder's
+//! last result. (Claims within a builder's `max_concurrent_builds` are part
+//! of the claim protocol: `claims::limited`.)
 //!
 //! A stop request is a row in `object_state` (object `build_stop`, name =
 //! the request id): any master's API writes it, and the master running that
@@ -11,10 +11,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::AssertSqlSafe;
 
-use super::claims::check_claimed;
 use super::dialect::placeholders;
 use super::rows::DbRow;
-use super::{BeginWrite, DbError, MasterId, Results, Store};
+use super::{DbError, Results, Store};
 
 /// `object_state.objectname` of stop requests.
 const STOP_OBJECT: &str = "build_stop";
@@ -98,97 +97,6 @@ impl Store {
             }
         }
         Ok(removed)
-    }
-
-    /// Claims up to `want` pending requests of a builder with
-    /// `max_concurrent_builds = max`, so that its claimed, incomplete
-    /// requests across the cluster never exceed `max`.
-    ///
-    /// The limit is checked against the builder row's written count
-    /// (`claimed_requests`, kept by every claim, release and completion)
-    /// inside the write that raises it, never by counting claimed requests:
-    /// two limited claims of one builder both write its row, so on one
-    /// server the row lock queues them and on Galera certification aborts
-    /// one (retried, it then reads the other's count). A count read from
-    /// the requests would let two nodes each see room.
-    pub async fn claim_within_limit(
-        &self,
-        me: MasterId,
-        builder_id: i64,
-        want: usize,
-        max: u32,
-    ) -> Result<Vec<i64>, DbError> {
-        let want = i64::try_from(want).unwrap_or(i64::MAX);
-        let max = i64::from(max);
-        with_pool_retry!(self, |pool, d| {
-            let mut tx = pool.begin_write().await?;
-            let sql = format!(
-                "SELECT claimed_requests FROM builders WHERE id = ?{}",
-                d.for_update()
-            );
-            let claimed: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
-                .bind(builder_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let room = want.min(max - claimed.unwrap_or(max));
-            if room <= 0 {
-                tx.commit().await?;
-                return Ok(Vec::new());
-            }
-            let sql = format!(
-                "SELECT id FROM buildrequests \
-                 WHERE complete = 0 AND claimed_by_masterid IS NULL AND builderid = ? \
-                 ORDER BY priority DESC, submitted_at, id LIMIT ?{}",
-                d.skip_locked()
-            );
-            let ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
-                .bind(builder_id)
-                .bind(room)
-                .fetch_all(&mut *tx)
-                .await?;
-            if ids.is_empty() {
-                tx.commit().await?;
-                return Ok(Vec::new());
-            }
-            let sql = format!(
-                "UPDATE buildrequests SET claimed_by_masterid = ?, claimed_at = {} \
-                 WHERE id IN ({}) AND claimed_by_masterid IS NULL AND complete = 0 \
-                 AND EXISTS (SELECT 1 FROM masters WHERE masters.id = ? AND masters.active = 1)",
-                d.now(),
-                placeholders(ids.len())
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(me);
-            for id in &ids {
-                q = q.bind(id);
-            }
-            let n = q.bind(me).execute(&mut *tx).await?.rows_affected();
-            if let Err(e) = check_claimed(ids.len(), n) {
-                // Release the locks now rather than when the connection is
-                // next used.
-                tx.rollback().await?;
-                return Err(e);
-            }
-            let n = ids.len() as i64;
-            let raised = sqlx::query(
-                "UPDATE builders SET claimed_requests = claimed_requests + ? \
-                 WHERE id = ? AND claimed_requests + ? <= ?",
-            )
-            .bind(n)
-            .bind(builder_id)
-            .bind(n)
-            .bind(max)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if raised != 1 {
-                // The count moved since it was read (only a write that did
-                // not wait for our row lock can do that): claim nothing now.
-                tx.rollback().await?;
-                return Ok(Vec::new());
-            }
-            tx.commit().await?;
-            Ok(ids)
-        })
     }
 
     /// The last finished build of every builder that has one.

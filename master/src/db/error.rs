@@ -59,6 +59,12 @@ mod mysql_codes {
     /// a node is not part of the primary component (joining, rejoining,
     /// cut off); nothing was done.
     pub const WSREP_NOT_READY: u16 = 1047;
+    /// "Failed to read auto-increment value from storage engine": InnoDB's
+    /// answer when an `INSERT ... SELECT` (a build's number is the
+    /// builder's highest + 1) loses a deadlock or times out waiting for the
+    /// table's auto-increment lock; seen with eight masters starting builds
+    /// at once (`master/tests/claim_race.rs`).
+    pub const AUTOINC_READ_FAILED: u16 = 1467;
     pub const SERVER_SHUTDOWN: u16 = 1053;
     pub const TOO_MANY_CONNECTIONS: u16 = 1040;
     pub const DUP_ENTRY: u16 = 1062;
@@ -120,7 +126,8 @@ impl DbError {
     /// again, as the `reason` label of [`crate::metrics::DATABASE_RETRIES`]:
     /// `deadlock` (1213: a deadlock victim, or on Galera a certification
     /// failure), `lock_wait_timeout` (1205), `node_not_ready` (1047, a Galera
-    /// node outside the primary component), `busy` (SQLite).
+    /// node outside the primary component), `autoinc_lock` (1467, the
+    /// auto-increment lock lost to a deadlock or a timeout), `busy` (SQLite).
     pub fn conflict_reason(&self) -> Option<&'static str> {
         let DbError::Sqlx(sqlx::Error::Database(d)) = self else {
             return None;
@@ -130,6 +137,7 @@ impl DbError {
                 mysql_codes::DEADLOCK => Some("deadlock"),
                 mysql_codes::LOCK_WAIT_TIMEOUT => Some("lock_wait_timeout"),
                 mysql_codes::WSREP_NOT_READY => Some("node_not_ready"),
+                mysql_codes::AUTOINC_READ_FAILED => Some("autoinc_lock"),
                 _ => None,
             };
         }
@@ -188,6 +196,7 @@ fn sqlx_is_transient(e: &sqlx::Error) -> bool {
                     mysql_codes::DEADLOCK
                         | mysql_codes::LOCK_WAIT_TIMEOUT
                         | mysql_codes::WSREP_NOT_READY
+                        | mysql_codes::AUTOINC_READ_FAILED
                         | mysql_codes::SERVER_SHUTDOWN
                         | mysql_codes::TOO_MANY_CONNECTIONS
                 );

@@ -19,11 +19,11 @@
 //!   gap locks) in UTC.
 //!
 //! Submodules: [`types`] (data in and out), [`error`], `dialect`, `schema`
-//! (migrations), `masters`, `claims`, `candidates`, `mysql_script` (the claim loop's hot
-//! transactions as one round trip each on MySQL), `buildset_finish`,
-//! `requests` (changes, buildsets), `buildset_reads` (provenance), `builds` (builds and steps), `logs`,
-//! `reads` and `change_reads` (API listings), `outbox` and
-//! `report_deliveries` (the reporters' queue), `state` (key/value state and
+//! (migrations), `masters`, [`claims`] (the whole claim protocol, from pick
+//! to reaping, and its two paths: stepwise and one trip on MySQL),
+//! `buildset_finish`, `requests` (changes, buildsets), `buildset_reads`
+//! (provenance), `builds` (steps), `logs`, `reads` and `change_reads` (API
+//! listings), `outbox` and `report_deliveries` (the reporters' queue), `state` (key/value state and
 //! object ownership), `janitor`, `presence`, `control`.
 
 use std::str::FromStr;
@@ -77,9 +77,8 @@ mod builds;
 pub(crate) mod buildset_finish;
 mod buildset_reads;
 mod cancel;
-mod candidates;
 mod change_reads;
-mod claims;
+pub mod claims;
 mod control;
 pub(crate) mod dialect;
 pub mod error;
@@ -87,7 +86,6 @@ mod heartbeat;
 mod janitor;
 mod logs;
 mod masters;
-mod mysql_script;
 pub mod outbox;
 mod presence;
 mod reads;
@@ -100,6 +98,7 @@ mod schema;
 mod state;
 pub mod types;
 
+pub use claims::{Claim, ClaimRound};
 pub use control::LastBuild;
 pub use error::DbError;
 pub use heartbeat::HeartbeatLink;
@@ -140,7 +139,7 @@ pub(crate) enum Pool {
 pub struct Store {
     pool: Pool,
     /// Whether the hot transactions go to MySQL as one-trip scripts
-    /// (`mysql_script`); cleared, for every clone, when the server turns out
+    /// (`claims::script`); cleared, for every clone, when the server turns out
     /// not to accept them.
     scripts: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Which reporters want which builds (`outbox`).

@@ -45,13 +45,14 @@ impl Store {
                     return Ok(None);
                 };
                 let written = row.i64("claimed_requests")?;
-                let actual: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM buildrequests \
-                     WHERE builderid = ? AND complete = 0 AND claimed_by_masterid IS NOT NULL",
-                )
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
+                let sql = format!(
+                    "SELECT COUNT(*) FROM buildrequests WHERE builderid = ? AND {}",
+                    super::claims::sql::HELD
+                );
+                let actual: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
                 if written == actual {
                     tx.rollback().await?;
                     return Ok(None);

@@ -251,24 +251,27 @@ impl Store {
         newer: i64,
         ss: &SourceStamp,
     ) -> Result<Vec<i64>, DbError> {
+        // The sourcestamp tables have no claim columns: the named
+        // condition needs no table prefix here.
+        let sql = format!(
+            "SELECT DISTINCT br.id FROM buildrequests br \
+             JOIN buildset_sourcestamps bss ON bss.buildsetid = br.buildsetid \
+             JOIN sourcestamps ss ON ss.id = bss.sourcestampid \
+             WHERE br.builderid = ? AND br.id < ? AND {} \
+             AND ss.repository = ? AND ss.codebase = ? \
+             AND COALESCE(ss.branch, '') = ? AND ss.patch_body IS NULL \
+             ORDER BY br.id",
+            super::claims::sql::CLAIMABLE
+        );
         let candidates: Vec<i64> = with_pool!(self, |pool, d| {
-            sqlx::query_scalar(
-                "SELECT DISTINCT br.id FROM buildrequests br \
-                 JOIN buildset_sourcestamps bss ON bss.buildsetid = br.buildsetid \
-                 JOIN sourcestamps ss ON ss.id = bss.sourcestampid \
-                 WHERE br.builderid = ? AND br.id < ? AND br.complete = 0 \
-                 AND br.claimed_by_masterid IS NULL \
-                 AND ss.repository = ? AND ss.codebase = ? \
-                 AND COALESCE(ss.branch, '') = ? AND ss.patch_body IS NULL \
-                 ORDER BY br.id",
-            )
-            .bind(builder_id)
-            .bind(newer)
-            .bind(&ss.repository)
-            .bind(&ss.codebase)
-            .bind(ss.branch.clone().unwrap_or_default())
-            .fetch_all(pool)
-            .await?
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(builder_id)
+                .bind(newer)
+                .bind(&ss.repository)
+                .bind(&ss.codebase)
+                .bind(ss.branch.clone().unwrap_or_default())
+                .fetch_all(pool)
+                .await?
         });
         let mut collapsed = Vec::new();
         for id in candidates {

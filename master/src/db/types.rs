@@ -14,6 +14,16 @@ use serde::{Deserialize, Serialize};
 /// `masters.id`: one row per boot of a master.
 pub type MasterId = i64;
 
+/// `buildrequests.id`, where it crosses the claim protocol's API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestId(pub i64);
+
+/// `builders.id`, where it crosses the claim protocol's API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BuilderId(pub i64);
+
 /// Which database a [`Store`](super::Store) talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -137,15 +147,6 @@ pub struct MasterRow {
     pub active: bool,
     pub draining: bool,
     pub last_active: DateTime<Utc>,
-}
-
-/// What [`Store::reap_dead_masters`](super::Store::reap_dead_masters) did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReapReport {
-    /// Masters this call declared dead (another reaper may have declared others).
-    pub dead_masters: Vec<MasterId>,
-    /// Requests this call released (each released by exactly one reaper).
-    pub released: Vec<i64>,
 }
 
 /// What [`Store::renew_claims`](super::Store::renew_claims) found.

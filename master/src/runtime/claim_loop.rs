@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::build;
+use crate::db::{BuilderId, ClaimRound};
 use crate::state::{IdleWorker, MasterState};
 
 /// How long to back off after a database error.
@@ -91,14 +92,22 @@ async fn claim_round(state: &Arc<MasterState>) -> Result<bool, crate::db::DbErro
         return Ok(false);
     }
     let started = std::time::Instant::now();
-    let won = claim_wants(state, &wants).await?;
+    let round = claim_wants(state, &wants).await?;
     metrics::histogram!(crate::metrics::CLAIM_SECONDS).record(started.elapsed().as_secs_f64());
     metrics::counter!(crate::metrics::CLAIMS_ATTEMPTED)
         .increment(wants.iter().map(|(_, n)| *n as u64).sum());
-    metrics::counter!(crate::metrics::CLAIMS_WON).increment(won.len() as u64);
-    if won.is_empty() {
-        return Ok(false);
-    }
+    metrics::counter!(crate::metrics::CLAIMS_WON).increment(round.won().len() as u64);
+    let won: Vec<(i64, i64)> = match round {
+        ClaimRound::Won(won) => won.iter().map(|c| (c.request.0, c.builder.0)).collect(),
+        ClaimRound::NothingToDo => return Ok(false),
+        refused @ (ClaimRound::RefusedInactive | ClaimRound::LostRaces) => {
+            // Declared dead (the next heartbeat tells this master so), or
+            // beaten to rows it had locked: look again after a pause.
+            tracing::warn!(outcome = ?refused, "claiming won nothing; retrying");
+            tokio::time::sleep(ERROR_BACKOFF).await;
+            return Ok(false);
+        }
+    };
     let mut free: Vec<IdleWorker> = idle;
     // Specialists first, as `fit_to_workers` counted on.
     free.sort_by_key(|w| w.builders.len());
@@ -191,32 +200,35 @@ fn builder_priority(state: &MasterState, builder_id: i64) -> i32 {
 }
 
 /// Claims for `wants`: builders with `max_concurrent_builds` one by one
-/// within their limit, the rest in one round. The result is in builder
+/// within their limit, the rest in one round. What was won is in builder
 /// priority order, then oldest request first: the order workers are given out.
 async fn claim_wants(
     state: &MasterState,
     wants: &[(i64, usize)],
-) -> Result<Vec<(i64, i64)>, crate::db::DbError> {
+) -> Result<ClaimRound, crate::db::DbError> {
     let me = state.master_id();
     let (limited, free): (Vec<_>, Vec<_>) = wants
         .iter()
-        .copied()
-        .partition(|(b, _)| builder_max_concurrent(state, *b).is_some());
-    let mut won = if free.is_empty() {
-        Vec::new()
-    } else {
-        state.store.pick_and_claim_per_builder(me, &free).await?
-    };
+        .map(|(b, n)| (BuilderId(*b), *n))
+        .partition(|(b, _)| builder_max_concurrent(state, b.0).is_some());
+    let mut round = state.store.pick_and_claim_per_builder(me, &free).await?;
     for (b, n) in limited {
-        let max = builder_max_concurrent(state, b).unwrap_or(u32::MAX);
-        let ids = state.store.claim_within_limit(me, b, n, max).await?;
-        won.extend(ids.into_iter().map(|id| (id, b)));
+        let max = builder_max_concurrent(state, b.0).unwrap_or(u32::MAX);
+        round = round.and(state.store.claim_within_limit(me, b, n, max).await?);
     }
-    // Between builders of equal priority the oldest request goes first (ids
-    // grow with submission), as Buildbot's default builder order does: with
-    // fewer idle workers than builders asking, the longest wait is served.
-    won.sort_by_key(|(id, b)| (std::cmp::Reverse(builder_priority(state, *b)), *id));
-    Ok(won)
+    if let ClaimRound::Won(won) = &mut round {
+        // Between builders of equal priority the oldest request goes first
+        // (ids grow with submission), as Buildbot's default builder order
+        // does: with fewer idle workers than builders asking, the longest
+        // wait is served.
+        won.sort_by_key(|c| {
+            (
+                std::cmp::Reverse(builder_priority(state, c.builder.0)),
+                c.request,
+            )
+        });
+    }
+    Ok(round)
 }
 
 fn builder_max_concurrent(state: &MasterState, builder_id: i64) -> Option<u32> {

@@ -7,12 +7,13 @@
 
 #![allow(dead_code)]
 
-/// Run each case as `mysql::<case>` (a fresh MariaDB database),
-/// `mysql_stepwise::<case>` (the same without the one-trip scripts, the path
-/// a server that rejects them takes) and `sqlite::<case>` (a temporary
-/// file). Needs `#[macro_use] mod common;`.
+/// The store suite's one runner: each case is an `async fn(&TestDb)` and
+/// runs on all three paths — `mysql::<case>` (a fresh MariaDB database, the
+/// one-trip scripts on), `mysql_stepwise::<case>` (the same without the
+/// scripts, the path a server that rejects them takes) and
+/// `sqlite::<case>` (a temporary file). Needs `#[macro_use] mod common;`.
 #[allow(unused_macros)]
-macro_rules! both_backends {
+macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         mod mysql {
             $(
@@ -46,7 +47,7 @@ macro_rules! both_backends {
 
 use std::time::Duration;
 
-use flotilla_master::db::{Backend, MasterId, NewBuildset, Store};
+use flotilla_master::db::{Backend, BuilderId, ClaimRound, DbError, MasterId, NewBuildset, Store};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
 pub fn mysql_base() -> String {
@@ -287,4 +288,61 @@ pub async fn master(store: &Store, name: &str) -> MasterId {
 /// Sleep long enough for the database clock to pass a `d` lease.
 pub async fn outlive(d: Duration) {
     tokio::time::sleep(d + Duration::from_millis(150)).await;
+}
+
+/// Claims as tests make them, with bare ids. Production claims through
+/// `pick_and_claim_per_builder` and `claim_within_limit`; a test that needs
+/// a particular request held claims it exactly
+/// (`flotilla_master::db::claims::testing`).
+pub trait TestClaims {
+    /// The requests among `ids` won for `me` (none when refused).
+    fn claim_requests(
+        &self,
+        me: MasterId,
+        ids: &[i64],
+    ) -> impl std::future::Future<Output = Result<Vec<i64>, DbError>> + Send;
+
+    /// `pick_and_claim_per_builder` with bare builder ids: the (request,
+    /// builder) pairs won (none when refused or nothing was claimable).
+    fn pick_per_builder(
+        &self,
+        me: MasterId,
+        wants: &[(i64, usize)],
+    ) -> impl std::future::Future<Output = Result<Vec<(i64, i64)>, DbError>> + Send;
+
+    /// The round `pick_and_claim_per_builder` ends in, with bare builder ids.
+    fn pick_round(
+        &self,
+        me: MasterId,
+        wants: &[(i64, usize)],
+    ) -> impl std::future::Future<Output = Result<ClaimRound, DbError>> + Send;
+}
+
+impl TestClaims for Store {
+    async fn claim_requests(&self, me: MasterId, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+        flotilla_master::db::claims::testing::claim_requests(self, me, ids).await
+    }
+
+    async fn pick_per_builder(
+        &self,
+        me: MasterId,
+        wants: &[(i64, usize)],
+    ) -> Result<Vec<(i64, i64)>, DbError> {
+        let round = self.pick_round(me, wants).await?;
+        Ok(round
+            .won()
+            .iter()
+            .map(|c| (c.request.0, c.builder.0))
+            .collect())
+    }
+
+    async fn pick_round(
+        &self,
+        me: MasterId,
+        wants: &[(i64, usize)],
+    ) -> Result<ClaimRound, DbError> {
+        let wants: Vec<(BuilderId, usize)> =
+            wants.iter().map(|(b, n)| (BuilderId(*b), *n)).collect();
+        self.pick_and_claim_per_builder(me, &wants).await
+    }
 }

@@ -13,8 +13,8 @@
 //! written into the script text (ids, the master id, a results code), never
 //! user text.
 //!
-//! The statements are the same compare-and-swap as the generic path in
-//! `claims`: lock the candidates (`SKIP LOCKED`), then update exactly the
+//! The statements are the same compare-and-swap as the `stepwise` path,
+//! composed from the same pieces (`sql`): lock the candidates (`SKIP LOCKED`), then update exactly the
 //! locked rows with the condition repeated, then count the claims on the
 //! builder rows; a completion updates each request (the fenced
 //! compare-and-swap) and counts it down on its buildset and its builder
@@ -28,14 +28,15 @@ use std::collections::BTreeMap;
 use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::buildset_finish::count_down_sql;
-use super::claims::check_claimed;
-use super::{DbError, MasterId, Results};
+use super::{Claim, ClaimRound, sql};
+use crate::db::buildset_finish::count_down_sql;
+use crate::db::dialect::Dialect;
+use crate::db::{DbError, MasterId, Results};
 
 /// Run `body` (statements ending in `COMMIT; SELECT ...`) as one transaction
 /// in one round trip; the last row it returns.
 async fn run(pool: &MySqlPool, body: String) -> Result<Option<MySqlRow>, DbError> {
-    let guard = super::cancel::Guard::arm();
+    let guard = crate::db::cancel::Guard::arm();
     let r = run_script(pool, body).await;
     guard.disarm();
     r
@@ -71,12 +72,12 @@ fn json_column(row: &MySqlRow, col: &str) -> Result<serde_json::Value, DbError> 
 
 /// `pick_and_claim_per_builder` on MySQL: for each (builder, max), lock up to
 /// max of its best claimable requests skipping rows others have locked, claim
-/// exactly those for `me` if `me` is still active. (request, builder) pairs.
-pub(crate) async fn pick_and_claim_per_builder(
+/// exactly those for `me` if `me` is still active.
+pub(super) async fn pick_and_claim_per_builder(
     pool: &MySqlPool,
     me: MasterId,
     wants: &[(i64, i64)],
-) -> Result<Vec<(i64, i64)>, DbError> {
+) -> Result<ClaimRound, DbError> {
     if let [(builder, 1)] = wants {
         return claim_one(pool, me, *builder).await;
     }
@@ -84,9 +85,9 @@ pub(crate) async fn pick_and_claim_per_builder(
         .iter()
         .map(|(builder, max)| {
             format!(
-                "(SELECT id, builderid FROM buildrequests \
-                 WHERE complete = 0 AND claimed_by_masterid IS NULL AND builderid = {builder} \
-                 ORDER BY priority DESC, submitted_at, id LIMIT {max} FOR UPDATE SKIP LOCKED)"
+                "({}{})",
+                sql::best_of_builder("id, builderid", &builder.to_string(), &max.to_string()),
+                Dialect::MySql.skip_locked()
             )
         })
         .collect::<Vec<_>>()
@@ -94,24 +95,23 @@ pub(crate) async fn pick_and_claim_per_builder(
     let body = format!(
         "SELECT JSON_ARRAYAGG(JSON_ARRAY(id, builderid)) FROM ({picks}) AS picked \
          INTO @flotilla_won; \
-         UPDATE buildrequests \
-         JOIN JSON_TABLE(@flotilla_won, '$[*]' COLUMNS (id BIGINT PATH '$[0]')) AS w \
-         ON buildrequests.id = w.id \
-         SET buildrequests.claimed_by_masterid = {me}, buildrequests.claimed_at = NOW(6) \
-         WHERE buildrequests.claimed_by_masterid IS NULL AND buildrequests.complete = 0 \
-         AND {is_active}; \
+         {claim}; \
          SET @flotilla_claimed = ROW_COUNT(); \
          {counts}\
          COMMIT; \
          SELECT @flotilla_won AS won, @flotilla_claimed AS claimed",
-        is_active = active(me),
+        claim = sql::claim(
+            &format!("buildrequests JOIN {WON} ON buildrequests.id = w.id"),
+            "TRUE",
+            &me.to_string(),
+            "NOW(6)"
+        ),
         counts = claim_counts(me, wants),
     );
     let row = run(pool, body)
         .await?
         .ok_or_else(|| DbError::Other("claim script returned no outcome".into()))?;
     let mut won = pairs(&json_column(&row, "won")?)?;
-    check_claimed(won.len(), claimed_count(&row)?)?;
     // In the order the builders were asked for, oldest id first.
     let order: BTreeMap<i64, usize> = wants
         .iter()
@@ -119,32 +119,30 @@ pub(crate) async fn pick_and_claim_per_builder(
         .map(|(i, (b, _))| (*b, i))
         .collect();
     won.sort_by_key(|(id, b)| (order.get(b).copied().unwrap_or(usize::MAX), *id));
-    Ok(won)
+    Ok(ClaimRound::of_cas(Claim::all(won), claimed_count(&row)?))
 }
 
 /// The claim of a single request, the claim loop's usual round (one idle
 /// worker): scalar session variables instead of JSON, cheaper for the server.
-async fn claim_one(
-    pool: &MySqlPool,
-    me: MasterId,
-    builder: i64,
-) -> Result<Vec<(i64, i64)>, DbError> {
+async fn claim_one(pool: &MySqlPool, me: MasterId, builder: i64) -> Result<ClaimRound, DbError> {
     // MIN over the locked pick is always one row (NULL when none), so the
     // variable never keeps a value from an earlier script on this connection.
     let body = format!(
-        "SELECT MIN(id) FROM (SELECT id FROM buildrequests \
-         WHERE complete = 0 AND claimed_by_masterid IS NULL AND builderid = {builder} \
-         ORDER BY priority DESC, submitted_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) AS picked \
-         INTO @flotilla_id; \
-         UPDATE buildrequests SET claimed_by_masterid = {me}, claimed_at = NOW(6) \
-         WHERE id = @flotilla_id AND claimed_by_masterid IS NULL AND complete = 0 \
-         AND {is_active}; \
+        "SELECT MIN(id) FROM ({pick}{lock}) AS picked INTO @flotilla_id; \
+         {claim}; \
          SET @flotilla_claimed = ROW_COUNT(); \
          UPDATE builders SET claimed_requests = claimed_requests + @flotilla_claimed \
          WHERE id = {builder} AND @flotilla_claimed > 0; \
          COMMIT; \
          SELECT @flotilla_id AS id, @flotilla_claimed AS claimed",
-        is_active = active(me),
+        pick = sql::best_of_builder("id", &builder.to_string(), "1"),
+        lock = Dialect::MySql.skip_locked(),
+        claim = sql::claim(
+            "buildrequests",
+            "id = @flotilla_id",
+            &me.to_string(),
+            "NOW(6)"
+        ),
     );
     let row = run(pool, body)
         .await?
@@ -154,9 +152,11 @@ async fn claim_one(
         .map(|id| (id, builder))
         .into_iter()
         .collect();
-    check_claimed(won.len(), claimed_count(&row)?)?;
-    Ok(won)
+    Ok(ClaimRound::of_cas(Claim::all(won), claimed_count(&row)?))
 }
+
+/// The requests of `@flotilla_won` as a table `w` with one column, `id`.
+const WON: &str = "JSON_TABLE(@flotilla_won, '$[*]' COLUMNS (id BIGINT PATH '$[0]')) AS w";
 
 /// Raise each wanted builder's `claimed_requests` by the requests of
 /// `@flotilla_won` the claim `UPDATE` gave to `me` (they were unclaimed
@@ -171,19 +171,13 @@ fn claim_counts(me: MasterId, wants: &[(i64, i64)]) -> String {
         .map(|b| {
             format!(
                 "UPDATE builders SET claimed_requests = claimed_requests + \
-                 (SELECT COUNT(*) FROM buildrequests c \
-                  JOIN JSON_TABLE(@flotilla_won, '$[*]' COLUMNS (id BIGINT PATH '$[0]')) AS w \
-                  ON c.id = w.id \
-                  WHERE c.builderid = {b} AND c.claimed_by_masterid = {me} AND c.complete = 0) \
-                 WHERE id = {b} AND @flotilla_claimed > 0; "
+                 (SELECT COUNT(*) FROM buildrequests c JOIN {WON} ON c.id = w.id \
+                  WHERE builderid = {b} AND {held}) \
+                 WHERE id = {b} AND @flotilla_claimed > 0; ",
+                held = sql::held_by(&me.to_string()),
             )
         })
         .collect()
-}
-
-/// The condition that `me` is an active incarnation, for a claim `UPDATE`.
-fn active(me: MasterId) -> String {
-    format!("EXISTS (SELECT 1 FROM masters WHERE masters.id = {me} AND masters.active = 1)")
 }
 
 /// `@flotilla_claimed`, the rows the claim `UPDATE` changed.
@@ -216,9 +210,13 @@ fn completion_statements(me: MasterId, ids: &[i64], results: Results) -> String 
     for (i, id) in ids.iter().enumerate() {
         // The aggregates always give one row (NULLs when the request was
         // not completed here), so no variable keeps an older value.
+        let complete = sql::complete(
+            &format!("id = {id} AND {}", sql::held_by(&me.to_string())),
+            &code.to_string(),
+            "NOW(6)",
+        );
         sql += &format!(
-            "UPDATE buildrequests SET complete = 1, results = {code}, complete_at = NOW(6) \
-             WHERE id = {id} AND claimed_by_masterid = {me} AND complete = 0; \
+            "{complete}; \
              SET @flotilla_c{i} = ROW_COUNT(); \
              SELECT MIN(buildsetid), MIN(builderid) FROM buildrequests \
              WHERE id = {id} AND @flotilla_c{i} = 1 INTO @flotilla_bs{i}, @flotilla_b{i}; "
@@ -253,7 +251,7 @@ fn completed_flags(n: usize) -> String {
 }
 
 /// `complete_requests` on MySQL: the ids completed now, in order.
-pub(crate) async fn complete_requests(
+pub(super) async fn complete_requests(
     pool: &MySqlPool,
     me: MasterId,
     ids: &[i64],
@@ -280,7 +278,7 @@ pub(crate) async fn complete_requests(
 /// `finish_build` with `complete_request` on MySQL: complete the request if
 /// `me` still holds it, and record the build's end with `results`, or Retry
 /// when the claim was lost. True when the request was completed.
-pub(crate) async fn finish_build_completing(
+pub(super) async fn finish_build_completing(
     pool: &MySqlPool,
     me: MasterId,
     build_id: i64,
@@ -290,15 +288,17 @@ pub(crate) async fn finish_build_completing(
 ) -> Result<bool, DbError> {
     // `outbox`: the reporters' enqueue statement (`outbox::script_enqueue_finished`).
     let body = format!(
-        "{completion}\
-         UPDATE builds SET complete_at = NOW(6), \
-         results = IF(@flotilla_completed = 1, {code}, {retry}) \
-         WHERE id = {build_id} AND masterid = {me} AND complete_at IS NULL; \
-         {outbox}\
-         COMMIT; SELECT @flotilla_completed AS completed",
+        "{completion}{end}; {outbox}COMMIT; SELECT @flotilla_completed AS completed",
         completion = completion_statements(me, &[request_id], results),
-        code = results.as_i64(),
-        retry = Results::Retry.as_i64(),
+        end = sql::end_builds(
+            &format!("id = {build_id} AND masterid = {me}"),
+            &format!(
+                "IF(@flotilla_completed = 1, {}, {})",
+                results.as_i64(),
+                Results::Retry.as_i64()
+            ),
+            "NOW(6)"
+        ),
     );
     let row = run(pool, body)
         .await?

@@ -1,20 +1,19 @@
-//! A look at the best claimable requests of some builders without locking
-//! anything: the claim loop uses it to decide how many to claim of each
+//! Step 1, the pick: a look at the best claimable requests of some builders
+//! without locking anything. The claim loop uses it to decide how many to claim of each
 //! builder when its idle workers serve several builders, so that it claims
 //! only what those workers can take.
 
 use sqlx::AssertSqlSafe;
 
-use super::rows::DbRow;
-use super::{Candidate, DbError, Store};
+use super::sql;
+use crate::db::rows::DbRow;
+use crate::db::{Candidate, DbError, Store};
 
 /// `n` builders' best claimable requests, (builder id, k) bound per builder:
 /// the union of one indexed range each (columns id, builderid, priority,
 /// submitted_at), never a scan of the whole queue in priority order.
-pub(super) fn best_per_builder_sql(n: usize) -> String {
-    let one = "SELECT id, builderid, priority, submitted_at FROM buildrequests \
-               WHERE complete = 0 AND claimed_by_masterid IS NULL AND builderid = ? \
-               ORDER BY priority DESC, submitted_at, id LIMIT ?";
+fn best_per_builder_sql(n: usize) -> String {
+    let one = sql::best_of_builder("id, builderid, priority, submitted_at", "?", "?");
     (0..n)
         .map(|i| format!("SELECT * FROM ({one}) AS b{i}"))
         .collect::<Vec<_>>()
