@@ -395,11 +395,31 @@ impl Store {
 
 /// Whether the server is a node of a Galera cluster (`wsrep_on`; MySQL
 /// has no such variable).
+/// Whether the server may run the one-trip scripts: not on a Galera node.
+/// An unknown answer counts as Galera (statement by statement is correct
+/// everywhere, the scripts only faster): a read that failed under load must
+/// not switch on a path that can lose a claim's abort on Galera.
 async fn is_galera(pool: &MySqlPool) -> bool {
-    sqlx::query_scalar::<_, i64>("SELECT @@wsrep_on")
-        .fetch_one(pool)
-        .await
-        .is_ok_and(|on| on == 1)
+    let mut last = None;
+    for attempt in 0..3u32 {
+        match sqlx::query_scalar::<_, Option<i64>>("SELECT @@wsrep_on")
+            .fetch_one(pool)
+            .await
+        {
+            Ok(on) => return on == Some(1),
+            // A server without the variable (MySQL) is not Galera.
+            Err(sqlx::Error::Database(e)) if e.message().contains("Unknown system variable") => {
+                return false;
+            }
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
+    }
+    tracing::warn!(
+        error = last.as_deref().unwrap_or_default(),
+        "cannot tell whether the database is a Galera node; running transactions statement by statement"
+    );
+    true
 }
 
 /// Every MySQL session of a master, pooled or not: UTC, READ COMMITTED, and
