@@ -85,20 +85,23 @@ async fn statuses_reach_github_gitlab_and_a_signed_webhook_in_order() {
     let host = CodeHost::start().await;
     let mut spec = ClusterSpec::new(2, 2, "");
     let workers = spec.worker_list();
-    spec.master_env = vec![
-        ("GH_TOKEN".into(), "gh-secret-token".into()),
-        ("GL_TOKEN".into(), "gl-secret-token".into()),
-        ("HOOK_KEY".into(), "hook-key".into()),
-    ];
+    // The GitLab token and the webhook key come from a directory of
+    // secret files (as Kubernetes mounts them), the GitHub token from the
+    // environment.
+    let secret_dir = tempfile::tempdir().unwrap();
+    std::fs::write(secret_dir.path().join("gl_token"), "gl-secret-token\n").unwrap();
+    std::fs::write(secret_dir.path().join("hook_key"), "hook-key").unwrap();
+    spec.master_env = vec![("GH_TOKEN".into(), "gh-secret-token".into())];
     spec.builders_toml = format!(
-        "{}{}\
+        "[[secrets.providers]]\nkind = \"files\"\npath = \"{}\"\n\n{}{}\
          [[reporters]]\nname = \"github\"\nkind = \"github\"\nbuilders = [\"unit\"]\n\
          token_env = \"GH_TOKEN\"\napi_url = \"{url}/api/v3\"\ncontext = \"ci/{{builder}}\"\n\
          dashboard_url = \"https://ci.example.org\"\n\n\
          [[reporters]]\nname = \"gitlab\"\nkind = \"gitlab\"\nbuilders = [\"lab\"]\n\
-         token_env = \"GL_TOKEN\"\napi_url = \"{url}/gl/api/v4\"\n\n\
+         token_secret = \"gl_token\"\napi_url = \"{url}/gl/api/v4\"\n\n\
          [[reporters]]\nname = \"chat\"\nkind = \"http\"\nbuilders = [\"unit\"]\n\
-         events = [\"finished\"]\nurl = \"{url}/hook\"\nsecret_env = \"HOOK_KEY\"\n\n",
+         events = [\"finished\"]\nurl = \"{url}/hook\"\nsigning_secret = \"hook_key\"\n\n",
+        secret_dir.path().display(),
         builder("unit", &workers, "0.2"),
         builder("lab", &workers, "0.2"),
         url = host.url(),

@@ -36,6 +36,10 @@ pub struct ReporterConfig {
     /// github/gitlab: the environment variable holding the API token.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// github/gitlab: the API token as a secret of `[secrets]` (instead of
+    /// `token_env`).
+    #[serde(default)]
+    pub token_secret: Option<String>,
     /// github/gitlab: the API's base URL (GitHub Enterprise, self-hosted GitLab).
     #[serde(default)]
     pub api_url: Option<String>,
@@ -50,6 +54,10 @@ pub struct ReporterConfig {
     /// body's signature goes in `X-Flotilla-Signature: sha256=<hex>`.
     #[serde(default)]
     pub secret_env: Option<String>,
+    /// http: the HMAC-SHA256 key as a secret of `[secrets]` (instead of
+    /// `secret_env`).
+    #[serde(default)]
+    pub signing_secret: Option<String>,
     /// The dashboard's public address, for links to a build's page
     /// (default `http://` + `api.listen`).
     #[serde(default)]
@@ -186,9 +194,10 @@ impl ClusterConfig {
                         return Err(invalid(key("url"), "an http reporter needs a url".into()));
                     }
                 }
-                for k in ["token_env", "api_url"] {
+                for k in ["token_env", "token_secret", "api_url"] {
                     let set = match k {
                         "token_env" => r.token_env.is_some(),
+                        "token_secret" => r.token_secret.is_some(),
                         _ => r.api_url.is_some(),
                     };
                     if set {
@@ -199,11 +208,21 @@ impl ClusterConfig {
                     }
                 }
             } else {
-                if r.token_env.as_deref().is_none_or(str::is_empty) {
-                    return Err(invalid(
-                        key("token_env"),
-                        format!("a {} reporter needs token_env", r.kind),
-                    ));
+                match (r.token_env.as_deref(), r.token_secret.as_deref()) {
+                    (Some(v), None) if !v.is_empty() => {}
+                    (None, Some(_)) => {}
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(
+                            key("token_secret"),
+                            "set token_env or token_secret, not both".into(),
+                        ));
+                    }
+                    _ => {
+                        return Err(invalid(
+                            key("token_env"),
+                            format!("a {} reporter needs token_env or token_secret", r.kind),
+                        ));
+                    }
                 }
                 if let Some(u) = r.api_url.as_deref().filter(|u| !url_ok(u)) {
                     return Err(invalid(
@@ -211,10 +230,34 @@ impl ClusterConfig {
                         format!("{u:?} is not an http:// or https:// URL"),
                     ));
                 }
-                if r.url.is_some() || r.secret_env.is_some() {
+                for (k, set) in [
+                    ("url", r.url.is_some()),
+                    ("secret_env", r.secret_env.is_some()),
+                    ("signing_secret", r.signing_secret.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(key(k), "applies to http reporters only".into()));
+                    }
+                }
+            }
+            if r.secret_env.is_some() && r.signing_secret.is_some() {
+                return Err(invalid(
+                    key("signing_secret"),
+                    "set secret_env or signing_secret, not both".into(),
+                ));
+            }
+            for (k, name) in [
+                ("token_secret", r.token_secret.as_deref()),
+                ("signing_secret", r.signing_secret.as_deref()),
+            ] {
+                let Some(name) = name else { continue };
+                if !super::secret_refs::valid_name(name) {
+                    return Err(invalid(key(k), format!("{name:?} is not a secret name")));
+                }
+                if self.secrets.providers.is_empty() {
                     return Err(invalid(
-                        key(if r.url.is_some() { "url" } else { "secret_env" }),
-                        "applies to http reporters only".into(),
+                        key(k),
+                        "names a secret, but no [[secrets.providers]] is configured".into(),
                     ));
                 }
             }
@@ -254,6 +297,24 @@ mod tests {
     }
 
     #[test]
+    fn credentials_may_come_from_the_secret_providers() {
+        let c = load(
+            "[[secrets.providers]]\nkind = \"files\"\npath = \"/run/secrets\"\n\n\
+             [[reporters]]\nname = \"gh\"\nkind = \"github\"\ntoken_secret = \"gh_token\"\n\n\
+             [[reporters]]\nname = \"hook\"\nkind = \"http\"\nurl = \"http://h\"\nsigning_secret = \"hook_key\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.reporter("gh").unwrap().token_secret.as_deref(),
+            Some("gh_token")
+        );
+        assert_eq!(
+            c.reporter("hook").unwrap().signing_secret.as_deref(),
+            Some("hook_key")
+        );
+    }
+
+    #[test]
     fn mistakes_name_their_key() {
         for (toml, key) in [
             ("name = \"x\"\nkind = \"jira\"\n", "reporters[0].kind"),
@@ -277,6 +338,23 @@ mod tests {
             (
                 "name = \"x\"\nkind = \"http\"\nurl = \"http://h\"\ntoken_env = \"T\"\n",
                 "reporters[0].token_env",
+            ),
+            (
+                "name = \"x\"\nkind = \"github\"\ntoken_env = \"T\"\ntoken_secret = \"t\"\n",
+                "reporters[0].token_secret",
+            ),
+            (
+                // A secret needs a provider to come from.
+                "name = \"x\"\nkind = \"github\"\ntoken_secret = \"t\"\n",
+                "reporters[0].token_secret",
+            ),
+            (
+                "name = \"x\"\nkind = \"http\"\nurl = \"http://h\"\nsigning_secret = \"../k\"\n",
+                "reporters[0].signing_secret",
+            ),
+            (
+                "name = \"x\"\nkind = \"gitlab\"\ntoken_env = \"T\"\nsigning_secret = \"k\"\n",
+                "reporters[0].signing_secret",
             ),
         ] {
             let e = error_of(&format!("[[reporters]]\n{toml}"));

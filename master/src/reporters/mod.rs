@@ -222,7 +222,8 @@ async fn deliver(
         store.release_delivery(me, d.id).await?;
         return Ok(());
     }
-    let outcome = send::send(client, reporter, &d, timeout).await;
+    let secrets = crate::secrets::Secrets::new(&state.config.secrets);
+    let outcome = send::send(client, reporter, &secrets, &d, timeout).await;
     let recorded = store.record_delivery(me, d.id, &outcome).await?;
     let name = d.reporter.clone();
     match (&outcome, recorded) {

@@ -9,6 +9,7 @@ use sha2::Sha256;
 
 use crate::config::ReporterConfig;
 use crate::db::{Delivery, DeliveryOutcome};
+use crate::secrets::Secrets;
 
 /// The header carrying the http reporter's signature: `sha256=<hex>`, the
 /// HMAC-SHA256 of the body keyed with the reporter's secret.
@@ -47,10 +48,35 @@ fn env(var: &str) -> Result<String, String> {
     std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
 }
 
+/// The API token of a github or gitlab reporter.
+fn token(reporter: &ReporterConfig, secrets: &Secrets) -> Result<String, String> {
+    credential(
+        secrets,
+        reporter.token_env.as_deref(),
+        reporter.token_secret.as_deref(),
+    )?
+    .ok_or_else(|| format!("reporter {:?} has no token", reporter.name))
+}
+
+/// A credential from the environment variable `var` or the secret `secret`
+/// (configuration allows one of them); `None` when neither is set.
+fn credential(
+    secrets: &Secrets,
+    var: Option<&str>,
+    secret: Option<&str>,
+) -> Result<Option<String>, String> {
+    match (var, secret) {
+        (Some(var), _) => env(var).map(Some),
+        (None, Some(name)) => secrets.resolve(name).map(Some).map_err(|e| e.to_string()),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Send `delivery` for `reporter`, waiting at most `timeout`.
 pub async fn send(
     client: &reqwest::Client,
     reporter: &ReporterConfig,
+    secrets: &Secrets,
     delivery: &Delivery,
     timeout: Duration,
 ) -> DeliveryOutcome {
@@ -59,7 +85,7 @@ pub async fn send(
         http_status: 0,
         error,
     };
-    let request = match build_request(client, reporter, delivery) {
+    let request = match build_request(client, reporter, secrets, delivery) {
         Ok(r) => r,
         Err(e) => return refused(e),
     };
@@ -104,6 +130,7 @@ pub async fn send(
 fn build_request(
     client: &reqwest::Client,
     reporter: &ReporterConfig,
+    secrets: &Secrets,
     delivery: &Delivery,
 ) -> Result<reqwest::RequestBuilder, String> {
     let body = delivery.body.clone();
@@ -114,15 +141,19 @@ fn build_request(
                 .post(url)
                 .header("X-Flotilla-Event", delivery.phase.name())
                 .header("X-Flotilla-Delivery", delivery.id.to_string());
-            if let Some(var) = &reporter.secret_env {
-                let key = env(var)?;
+            let key = credential(
+                secrets,
+                reporter.secret_env.as_deref(),
+                reporter.signing_secret.as_deref(),
+            )?;
+            if let Some(key) = key {
                 let sig = sign(key.as_bytes(), body.as_bytes());
                 req = req.header(SIGNATURE_HEADER, format!("sha256={sig}"));
             }
             req
         }
         "github" => {
-            let token = env(reporter.token_env.as_deref().unwrap_or_default())?;
+            let token = token(reporter, secrets)?;
             client
                 .post(format!("{}{}", reporter.api_base(), delivery.target))
                 .bearer_auth(token)
@@ -130,7 +161,7 @@ fn build_request(
                 .header("X-GitHub-Api-Version", "2022-11-28")
         }
         _ => {
-            let token = env(reporter.token_env.as_deref().unwrap_or_default())?;
+            let token = token(reporter, secrets)?;
             client
                 .post(format!("{}{}", reporter.api_base(), delivery.target))
                 .header("PRIVATE-TOKEN", token)
