@@ -118,20 +118,42 @@ impl Drop for PrivateMariadb {
 }
 
 /// Creates a MariaDB data folder at `datadir` (root without a password).
+/// The bootstrap server it runs has been seen to fail now and then on a
+/// loaded machine; a failed attempt's folder is removed and the install
+/// tried again, and the last failure's output is in the panic.
 pub fn install_db(datadir: &Path) {
-    let status = Command::new("mariadb-install-db")
-        .args([
-            "--no-defaults",
-            "--user=root",
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-        ])
-        .arg(format!("--datadir={}", datadir.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run mariadb-install-db");
-    assert!(status.success(), "mariadb-install-db failed");
+    const ATTEMPTS: u32 = 3;
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let out = Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .arg(format!("--datadir={}", datadir.display()))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run mariadb-install-db");
+        if out.status.success() {
+            return;
+        }
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        last = lines[lines.len().saturating_sub(30)..].join("\n");
+        eprintln!(
+            "mariadb-install-db attempt {attempt} of {ATTEMPTS} failed ({}):\n{last}",
+            out.status
+        );
+        let _ = std::fs::remove_dir_all(datadir);
+        std::thread::sleep(std::time::Duration::from_secs(u64::from(attempt)));
+    }
+    panic!("mariadb-install-db failed {ATTEMPTS} times; last output:\n{last}");
 }
 
 /// `mariadbd` on loopback port `port` with its data in `<dir>/data` and its
