@@ -637,6 +637,33 @@ impl Fleet {
         self.retired.push(old);
     }
 
+    /// Stops master `i` with SIGTERM, checks that it drained and exited 0,
+    /// and starts it again under its name on the same port.
+    async fn restart_gracefully(&mut self, i: usize) {
+        eprintln!("rolling restart: SIGTERM master m{}", i + 1);
+        self.masters[i].0.signal(nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while self.masters[i].0.running() {
+            assert!(
+                start.elapsed() < Duration::from_secs(40),
+                "master m{} did not exit within 40 s of SIGTERM\n{}",
+                i + 1,
+                self.dump()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let code = self.masters[i].0.wait_exit(Duration::from_secs(1));
+        assert_eq!(code, Some(0), "master m{} exits 0 after SIGTERM", i + 1);
+        assert!(
+            self.masters[i].0.output().contains("master stopped"),
+            "master m{} says it stopped:\n{}",
+            i + 1,
+            self.masters[i].0.tail(30)
+        );
+        self.restart(i);
+        self.wait_linked(i).await;
+    }
+
     /// POSTs `body` to `path` on the first master (from `first`) that takes it.
     async fn post(&self, first: usize, path: &str, body: &Value) -> Value {
         let start = Instant::now();
@@ -694,6 +721,10 @@ enum Fault {
     /// Node 3 (master m3's) is stopped for 20 s and started again; it
     /// rejoins by incremental state transfer.
     StopNode,
+    /// Each master in turn is stopped gracefully (SIGTERM: it drains its
+    /// builds and gives back its claims, written on its own node) and
+    /// started again under its name, while the load goes on.
+    RollingRestart,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -704,6 +735,11 @@ async fn three_masters_on_three_nodes_with_a_master_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_masters_on_three_nodes_with_a_node_stopped_for_20s() {
     fleet_case(Fault::StopNode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_on_three_nodes_restarted_one_by_one() {
+    fleet_case(Fault::RollingRestart).await;
 }
 
 async fn fleet_case(fault: Fault) {
@@ -763,6 +799,9 @@ async fn fleet_case(fault: Fault) {
             Fault::KillMaster if n == CHANGES / 2 => f.kill9(1),
             // Its name is taken over by a new incarnation.
             Fault::KillMaster if n == CHANGES / 2 + 4 => f.restart(1),
+            Fault::RollingRestart if n % (CHANGES / 4) == CHANGES / 8 && n < CHANGES * 3 / 4 => {
+                f.restart_gracefully(n / (CHANGES / 4)).await;
+            }
             Fault::StopNode if n == CHANGES / 3 => {
                 g.stop_node(2).await;
                 stopped = Some(Instant::now());

@@ -53,6 +53,20 @@ pub struct Args {
     /// node i mod n, so each master is on its own node.
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
+    /// How the store sends its claim transactions to MySQL: `procedures`
+    /// (the default: stored procedures for single-request rounds, scripts
+    /// for batches), `scripts` (one-trip scripts only) or `stepwise`
+    /// (statement by statement), to compare the paths in one run.
+    #[arg(long, value_enum, default_value_t = ClaimPath::Procedures)]
+    path: ClaimPath,
+}
+
+/// The store's ways of sending a claim transaction (`--path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClaimPath {
+    Procedures,
+    Scripts,
+    Stepwise,
 }
 
 /// What one competing master did.
@@ -94,6 +108,7 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
         "--nodes and --db-rtt-ms do not combine"
     );
     report.set("nodes", a.nodes.len().max(1));
+    report.set("path", format!("{:?}", a.path).to_lowercase());
     // Where the competing stores and the bare baseline connect.
     let url = if a.db_rtt_ms > 0.0 {
         let one_way = Duration::from_secs_f64(a.db_rtt_ms / 2000.0);
@@ -122,6 +137,11 @@ pub async fn run(db: &BenchDb, mut a: Args) -> anyhow::Result<Report> {
     };
     for i in 0..a.masters {
         let store = Store::connect_with(&url_of(i), a.pool).await?;
+        let store = match a.path {
+            ClaimPath::Procedures => store,
+            ClaimPath::Scripts => store.without_procedures(),
+            ClaimPath::Stepwise => store.stepwise(),
+        };
         let me = store.register_master(&format!("bench-m{i}")).await?;
         stores.push((store, me.id));
     }

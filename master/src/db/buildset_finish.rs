@@ -18,13 +18,19 @@
 use super::Results;
 
 /// `UPDATE buildsets` for `n` requests of the buildset(s) matching `which`
-/// (a condition) that just completed with results of rank `rank`: counts
+/// (a condition) that just completed with results of rank `rank` (a
+/// number, or an SQL expression such as a procedure's parameter): counts
 /// them down and, when they were the last, completes the buildset with the
 /// worst results. Every expression reads only the columns' old values, so
 /// the outcome does not depend on the order the server assigns them in
 /// (SQLite and MariaDB's SIMULTANEOUS_ASSIGNMENT read old values; MySQL
 /// assigns left to right, and the counted columns come last).
-pub(crate) fn count_down_sql(n: i64, rank: u8, now: &str, which: &str) -> String {
+pub(crate) fn count_down_sql(
+    n: i64,
+    rank: impl std::fmt::Display,
+    now: &str,
+    which: &str,
+) -> String {
     let worst = format!("CASE WHEN worst_rank > {rank} THEN worst_rank ELSE {rank} END");
     let last = format!("open_requests <= {n}");
     format!(

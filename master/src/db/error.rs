@@ -39,6 +39,11 @@ pub enum DbError {
     /// outcome is unknown, so whatever is retried must be safe to replay.
     #[error("database did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// The claim procedures (`claims::procedures`) could not be created:
+    /// the user may not create routines here. The store falls back to the
+    /// one-trip scripts.
+    #[error("cannot create the claim procedures: {0}")]
+    NoProcedures(String),
     #[error("{0}")]
     Other(String),
 }
@@ -49,6 +54,9 @@ mod mysql_codes {
     /// MariaDB: the account authenticates another way (e.g. unix_socket).
     pub const ACCESS_DENIED_NO_PASSWORD: u16 = 1698;
     pub const DB_ACCESS_DENIED: u16 = 1044;
+    pub const TABLE_ACCESS_DENIED: u16 = 1142;
+    pub const SPECIFIC_ACCESS_DENIED: u16 = 1227;
+    pub const ROUTINE_ACCESS_DENIED: u16 = 1370;
     pub const UNKNOWN_DATABASE: u16 = 1049;
     pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
     /// Also what Galera answers when certification aborts a transaction
@@ -93,6 +101,32 @@ impl DbError {
             DbError::Migrate(MigrateError::Execute(e)) => sqlx_is_transient(e),
             _ => false,
         }
+    }
+
+    /// The server has no routine of that name (1305): a procedure not yet
+    /// created in this database.
+    pub fn is_missing_routine(&self) -> bool {
+        let DbError::Sqlx(sqlx::Error::Database(d)) = self else {
+            return false;
+        };
+        mysql_code(d.as_ref()) == Some(mysql_codes::NO_SUCH_FUNCTION)
+    }
+
+    /// The user lacks a privilege for the statement (database, table,
+    /// routine, or a global one).
+    pub fn is_access_denied(&self) -> bool {
+        let DbError::Sqlx(sqlx::Error::Database(d)) = self else {
+            return false;
+        };
+        mysql_code(d.as_ref()).is_some_and(|c| {
+            matches!(
+                c,
+                mysql_codes::DB_ACCESS_DENIED
+                    | mysql_codes::TABLE_ACCESS_DENIED
+                    | mysql_codes::SPECIFIC_ACCESS_DENIED
+                    | mysql_codes::ROUTINE_ACCESS_DENIED
+            )
+        })
     }
 
     /// The server does not understand a statement (syntax, an unsupported

@@ -142,6 +142,10 @@ pub struct Store {
     /// (`claims::script`); cleared, for every clone, when the server turns out
     /// not to accept them.
     scripts: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the claim loop's single-request rounds call stored procedures
+    /// (`claims::procedures`) when the scripts are on; cleared, for every
+    /// clone, when the procedures cannot be created.
+    procedures: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Which reporters want which builds (`outbox`).
     outbox: outbox::Routes,
 }
@@ -293,6 +297,7 @@ impl Store {
             return Ok(Store {
                 pool: Pool::MySql(pool),
                 scripts: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(!galera)),
+                procedures: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(!galera)),
                 outbox: Default::default(),
             });
         }
@@ -324,6 +329,7 @@ impl Store {
             return Ok(Store {
                 pool: Pool::Sqlite(pool),
                 scripts: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                procedures: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 outbox: Default::default(),
             });
         }
@@ -338,7 +344,39 @@ impl Store {
     pub fn stepwise(self) -> Store {
         self.scripts
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.without_procedures()
+    }
+
+    /// Run the single-request claim and completion as one-trip scripts, not
+    /// as stored procedures (the benchmark compares the two).
+    pub fn without_procedures(self) -> Store {
+        self.procedures
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self
+    }
+
+    /// Call a claim procedure (retrying lock conflicts). `None` when the
+    /// procedures or the scripts are off, or when the procedures cannot be
+    /// created here: then they are switched off for good and the caller
+    /// runs its script.
+    pub(crate) async fn try_procedure<T, F, Fut>(&self, mut f: F) -> Option<Result<T, DbError>>
+    where
+        F: FnMut(MySqlPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, DbError>>,
+    {
+        if !self.procedures.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let pool = self.script_pool()?.clone();
+        match retry_conflicts(|| f(pool.clone())).await {
+            Err(e @ DbError::NoProcedures(_)) => {
+                tracing::warn!(error = %e, "claiming with one-trip scripts instead of stored procedures");
+                self.procedures
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+            r => Some(r),
+        }
     }
 
     /// The MySQL pool when the one-trip scripts are on.

@@ -8,10 +8,12 @@
 #![allow(dead_code)]
 
 /// The store suite's one runner: each case is an `async fn(&TestDb)` and
-/// runs on all three paths — `mysql::<case>` (a fresh MariaDB database, the
-/// one-trip scripts on), `mysql_stepwise::<case>` (the same without the
-/// scripts, the path a server that rejects them takes) and
-/// `sqlite::<case>` (a temporary file). Needs `#[macro_use] mod common;`.
+/// runs on all four paths — `mysql::<case>` (a fresh MariaDB database,
+/// single-request claims and completions as stored procedures, batches as
+/// one-trip scripts), `mysql_scripts::<case>` (scripts only, the path where
+/// routines may not be created), `mysql_stepwise::<case>` (statement by
+/// statement, the path a server that rejects the scripts takes, and Galera)
+/// and `sqlite::<case>` (a temporary file). Needs `#[macro_use] mod common;`.
 #[allow(unused_macros)]
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
@@ -20,6 +22,15 @@ macro_rules! store_suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let db = super::TestDb::mysql().await;
+                    super::$case(&db).await;
+                }
+            )*
+        }
+        mod mysql_scripts {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::mysql_scripts().await;
                     super::$case(&db).await;
                 }
             )*
@@ -57,13 +68,24 @@ pub fn mysql_base() -> String {
         .to_string()
 }
 
+/// How a test's stores send their claim transactions to MySQL (on SQLite
+/// every path is statement by statement).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClaimPath {
+    /// Stored procedures for single-request rounds, scripts for batches.
+    Procedures,
+    /// One-trip scripts only.
+    Scripts,
+    /// Statement by statement.
+    Stepwise,
+}
+
 /// One test's database. Dropping it drops the MariaDB database.
 pub struct TestDb {
     pub url: String,
     pub backend: Backend,
-    /// Stores run every transaction statement by statement (MySQL without
-    /// the one-trip scripts).
-    stepwise: bool,
+    /// How stores send their claim transactions to MySQL.
+    path: ClaimPath,
     mysql_name: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -96,7 +118,7 @@ impl TestDb {
         TestDb {
             url: format!("{}/{name}", mysql_base()),
             backend: Backend::MySql,
-            stepwise: false,
+            path: ClaimPath::Procedures,
             mysql_name: Some(name),
             _dir: None,
         }
@@ -106,7 +128,16 @@ impl TestDb {
     /// as on a server that rejects the one-trip scripts.
     pub async fn mysql_stepwise() -> TestDb {
         let mut db = Self::mysql().await;
-        db.stepwise = true;
+        db.path = ClaimPath::Stepwise;
+        db
+    }
+
+    /// A fresh empty MariaDB database whose stores send the single-request
+    /// claim and completion as one-trip scripts, not stored procedures (as
+    /// where the user may not create routines).
+    pub async fn mysql_scripts() -> TestDb {
+        let mut db = Self::mysql().await;
+        db.path = ClaimPath::Scripts;
         db
     }
 
@@ -117,7 +148,7 @@ impl TestDb {
         TestDb {
             url,
             backend: Backend::Sqlite,
-            stepwise: false,
+            path: ClaimPath::Procedures,
             mysql_name: None,
             _dir: Some(dir),
         }
@@ -137,7 +168,11 @@ impl TestDb {
     }
 
     fn mode(&self, s: Store) -> Store {
-        if self.stepwise { s.stepwise() } else { s }
+        match self.path {
+            ClaimPath::Procedures => s,
+            ClaimPath::Scripts => s.without_procedures(),
+            ClaimPath::Stepwise => s.stepwise(),
+        }
     }
 
     /// A new store on an upgraded schema.

@@ -44,6 +44,7 @@ mod complete;
 pub(crate) mod counts;
 mod give_back;
 mod limited;
+mod procedures;
 mod reap;
 mod release;
 mod renew;
@@ -167,6 +168,14 @@ impl Store {
         if wants.is_empty() {
             return Ok(ClaimRound::NothingToDo);
         }
+        if let [(builder, 1)] = wants[..] {
+            let call = self.try_procedure(|pool| async move {
+                procedures::claim_one(&pool, me, builder).await
+            });
+            if let Some(round) = call.await {
+                return round;
+            }
+        }
         let script = self.try_script(|pool| async move {
             script::pick_and_claim_per_builder(&pool, me, wants).await
         });
@@ -189,6 +198,14 @@ impl Store {
         let ids = &dedup(ids);
         if ids.is_empty() {
             return Ok(Vec::new());
+        }
+        if let [id] = ids[..] {
+            let call = self.try_procedure(|pool| async move {
+                procedures::complete_one(&pool, me, id, results).await
+            });
+            if let Some(done) = call.await {
+                return done.map(|done| if done { vec![id] } else { Vec::new() });
+            }
         }
         let script = self.try_script(|pool| async move {
             script::complete_requests(&pool, me, ids, results).await

@@ -35,16 +35,23 @@ use crate::db::{DbError, MasterId, Results};
 
 /// Run `body` (statements ending in `COMMIT; SELECT ...`) as one transaction
 /// in one round trip; the last row it returns.
-async fn run(pool: &MySqlPool, body: String) -> Result<Option<MySqlRow>, DbError> {
+async fn run_transaction(pool: &MySqlPool, body: String) -> Result<Option<MySqlRow>, DbError> {
+    run(pool, format!("START TRANSACTION; {body}")).await
+}
+
+/// Send `script` (one request to the server) and return the last row it
+/// returns. On an error the connection is rolled back before it goes back
+/// to the pool (a failed statement may leave a transaction open), or
+/// closed if even that fails.
+pub(super) async fn run(pool: &MySqlPool, script: String) -> Result<Option<MySqlRow>, DbError> {
     let guard = crate::db::cancel::Guard::arm();
-    let r = run_script(pool, body).await;
+    let r = run_script(pool, script).await;
     guard.disarm();
     r
 }
 
-async fn run_script(pool: &MySqlPool, body: String) -> Result<Option<MySqlRow>, DbError> {
+async fn run_script(pool: &MySqlPool, script: String) -> Result<Option<MySqlRow>, DbError> {
     let mut conn = pool.acquire().await?;
-    let script = format!("START TRANSACTION; {body}");
     match sqlx::raw_sql(AssertSqlSafe(script))
         .fetch_all(&mut *conn)
         .await
@@ -108,7 +115,7 @@ pub(super) async fn pick_and_claim_per_builder(
         ),
         counts = claim_counts(me, wants),
     );
-    let row = run(pool, body)
+    let row = run_transaction(pool, body)
         .await?
         .ok_or_else(|| DbError::Other("claim script returned no outcome".into()))?;
     let mut won = pairs(&json_column(&row, "won")?)?;
@@ -144,7 +151,7 @@ async fn claim_one(pool: &MySqlPool, me: MasterId, builder: i64) -> Result<Claim
             "NOW(6)"
         ),
     );
-    let row = run(pool, body)
+    let row = run_transaction(pool, body)
         .await?
         .ok_or_else(|| DbError::Other("claim script returned no outcome".into()))?;
     let won: Vec<(i64, i64)> = row
@@ -262,7 +269,7 @@ pub(super) async fn complete_requests(
         completion_statements(me, ids, results),
         completed_flags(ids.len()),
     );
-    let row = run(pool, body)
+    let row = run_transaction(pool, body)
         .await?
         .ok_or_else(|| DbError::Other("completion script returned no outcome".into()))?;
     let mut done = Vec::new();
@@ -300,7 +307,7 @@ pub(super) async fn finish_build_completing(
             "NOW(6)"
         ),
     );
-    let row = run(pool, body)
+    let row = run_transaction(pool, body)
         .await?
         .ok_or_else(|| DbError::Other("finish script returned no outcome".into()))?;
     Ok(row.try_get::<i64, _>("completed")? == 1)
