@@ -172,6 +172,21 @@ impl Chaos {
             );
             retried += r.get::<i64, _>("builds") - 1;
         }
+        // The written counts agree with the rows: nothing is claimed or
+        // open any more, so every builder's and buildset's count is zero.
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT CONCAT('builder ', name), CAST(claimed_requests AS SIGNED) FROM builders \
+             WHERE claimed_requests <> 0 UNION ALL \
+             SELECT CONCAT('buildset ', id), CAST(open_requests AS SIGNED) FROM buildsets \
+             WHERE open_requests <> 0",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert!(
+            counts.is_empty(),
+            "written counts not back at zero: {counts:?}"
+        );
         let executions = ledger::read(&self.ledger);
         let problems = ledger::check(&executions);
         assert!(

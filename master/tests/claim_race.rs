@@ -2,10 +2,11 @@
 //! empty, running what the claim loop runs: `pick_and_claim_per_builder`
 //! for a builder without a limit and `claim_within_limit` for one with
 //! `max_concurrent_builds`, every won request built (`start_build`) and
-//! finished (`finish_build`). On MariaDB half the masters go through the
-//! one-trip scripts and half statement by statement, at once; an
+//! finished (`finish_build`). On MariaDB a third of the masters go through
+//! the stored procedures (batches: scripts), a third through the one-trip
+//! scripts only and a third statement by statement, at once; an
 //! incarnation declared dead before the race keeps trying every claim path
-//! on both and must win nothing.
+//! on all three and must win nothing.
 //!
 //! The verdict comes from the database's rows, not from what the masters
 //! say: every request complete with exactly one build, none by the dead
@@ -236,16 +237,26 @@ async fn masters_race_over_one_queue() {
         .last_active;
     assert!(seed_store.declare_dead(ghost, seen).await.unwrap());
 
-    let one_trip = db.store_with(2).await;
+    let procedures = db.store_with(2).await;
+    let scripts = db.store_with(2).await.without_procedures();
     let stepwise = db.store_with(2).await.stepwise();
     let over = Arc::new(AtomicBool::new(false));
-    let ghost_task = tokio::spawn(run_ghost(vec![one_trip, stepwise], ghost, b, over.clone()));
+    let ghost_task = tokio::spawn(run_ghost(
+        vec![procedures, scripts, stepwise],
+        ghost,
+        b,
+        over.clone(),
+    ));
 
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..MASTERS {
         let s = db.store_with(2).await;
-        let s = if i % 2 == 1 { s.stepwise() } else { s };
+        let s = match i % 3 {
+            0 => s,
+            1 => s.without_procedures(),
+            _ => s.stepwise(),
+        };
         tasks.push(tokio::spawn(run_master(s, format!("m{i}"), b, worker)));
     }
     let mut tallies = Vec::new();
@@ -318,7 +329,7 @@ async fn masters_race_over_one_queue() {
     for (i, t) in tallies.iter().enumerate() {
         println!(
             "m{i} ({}): built {:5} in {:5} rounds, lost races {}, transient errors {}",
-            if i % 2 == 1 { "stepwise" } else { "one trip" },
+            ["procedures", "scripts", "stepwise"][i % 3],
             t.built,
             t.rounds,
             t.lost_races,

@@ -53,8 +53,12 @@ macro_rules! count_down_buildsets {
         let done: &std::collections::BTreeMap<i64, i64> = $done;
         let results: $crate::db::Results = $results;
         for (bs, n) in done {
-            let sql =
-                $crate::db::buildset_finish::count_down_sql(*n, results.rank(), $d.now(), "id = ?");
+            let sql = $crate::db::buildset_finish::count_down_sql(
+                *n,
+                results.rank(),
+                $d.now(),
+                &format!("id = ?{}", $d.in_tx()),
+            );
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(bs)
                 .execute(&mut *$tx)

@@ -68,6 +68,30 @@ impl Dialect {
         }
     }
 
+    /// A condition for every write of a multi-statement transaction: true
+    /// only while the session is inside an explicit transaction. On a Galera
+    /// node a transaction has been seen to end without an error to the
+    /// client, after which each further statement ran, and committed, on its
+    /// own (autocommit); guarded, such a statement changes nothing, and the
+    /// check before `COMMIT` (`commit_checked!`) reports the loss so the
+    /// transaction runs again. MariaDB's `@@in_transaction`; SQLite needs
+    /// none (a statement there cannot outlive its transaction that way).
+    pub fn in_tx(self) -> &'static str {
+        match self {
+            Dialect::MySql => " AND @@in_transaction = 1",
+            Dialect::Sqlite => "",
+        }
+    }
+
+    /// [`Dialect::in_tx`] for an `INSERT ... SELECT` of an aggregate (one row
+    /// whatever the `WHERE`): a `HAVING` clause.
+    pub fn in_tx_having(self) -> &'static str {
+        match self {
+            Dialect::MySql => " HAVING @@in_transaction = 1",
+            Dialect::Sqlite => "",
+        }
+    }
+
     /// Row-lock suffix that waits (a plain `FOR UPDATE`).
     pub fn for_update(self) -> &'static str {
         match self {

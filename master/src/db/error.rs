@@ -39,6 +39,11 @@ pub enum DbError {
     /// outcome is unknown, so whatever is retried must be safe to replay.
     #[error("database did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// A write transaction was found ended before its `COMMIT` although no
+    /// statement failed (a Galera node aborted it without telling the
+    /// client): nothing after the end changed, and it may simply run again.
+    #[error("the database ended the transaction without an error; running it again")]
+    TransactionEnded,
     /// The claim procedures (`claims::procedures`) could not be created:
     /// the user may not create routines here. The store falls back to the
     /// one-trip scripts.
@@ -96,7 +101,7 @@ impl DbError {
     /// exhausted, or the database chose this transaction as a deadlock victim.
     pub fn is_transient(&self) -> bool {
         match self {
-            DbError::Unreachable(_) | DbError::Timeout(_) => true,
+            DbError::Unreachable(_) | DbError::Timeout(_) | DbError::TransactionEnded => true,
             DbError::Sqlx(e) => sqlx_is_transient(e),
             DbError::Migrate(MigrateError::Execute(e)) => sqlx_is_transient(e),
             _ => false,
@@ -161,8 +166,12 @@ impl DbError {
     /// `deadlock` (1213: a deadlock victim, or on Galera a certification
     /// failure), `lock_wait_timeout` (1205), `node_not_ready` (1047, a Galera
     /// node outside the primary component), `autoinc_lock` (1467, the
-    /// auto-increment lock lost to a deadlock or a timeout), `busy` (SQLite).
+    /// auto-increment lock lost to a deadlock or a timeout),
+    /// `transaction_ended` (found ended before `COMMIT`), `busy` (SQLite).
     pub fn conflict_reason(&self) -> Option<&'static str> {
+        if let DbError::TransactionEnded = self {
+            return Some("transaction_ended");
+        }
         let DbError::Sqlx(sqlx::Error::Database(d)) = self else {
             return None;
         };

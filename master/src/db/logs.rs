@@ -101,7 +101,7 @@ impl Store {
             .bind(log_id)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
+            commit_checked!(tx, d);
             Ok(())
         })
     }

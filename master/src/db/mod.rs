@@ -73,6 +73,26 @@ macro_rules! with_pool_retry {
     };
 }
 
+/// Commit the write transaction `$tx` of dialect `$d`, first making sure
+/// (on MySQL) that the session is still inside it: if the server ended it
+/// without telling the client (seen on Galera), the statements since then
+/// ran on their own, guarded by `Dialect::in_tx` so that they changed
+/// nothing, and the whole transaction must run again
+/// (`DbError::TransactionEnded`, retried like a lock conflict).
+macro_rules! commit_checked {
+    ($tx:expr, $d:expr) => {{
+        if $d == $crate::db::dialect::Dialect::MySql {
+            let open: i64 = sqlx::query_scalar("SELECT CAST(@@in_transaction AS SIGNED)")
+                .fetch_one(&mut *$tx)
+                .await?;
+            if open != 1 {
+                return Err($crate::db::DbError::TransactionEnded.into());
+            }
+        }
+        $tx.commit().await?;
+    }};
+}
+
 mod builds;
 pub(crate) mod buildset_finish;
 mod buildset_reads;

@@ -57,12 +57,16 @@ impl Store {
                     tx.rollback().await?;
                     return Ok(None);
                 }
-                sqlx::query("UPDATE builders SET claimed_requests = ? WHERE id = ?")
+                let sql = format!(
+                    "UPDATE builders SET claimed_requests = ? WHERE id = ?{}",
+                    d.in_tx()
+                );
+                sqlx::query(AssertSqlSafe(sql))
                     .bind(actual)
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                tx.commit().await?;
+                commit_checked!(tx, d);
                 Ok::<_, DbError>(Some((id, written, actual)))
             })?;
             drift.extend(fixed);

@@ -257,7 +257,7 @@ impl Store {
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;
             let created = insert_buildset!(tx, d, b, props);
-            tx.commit().await?;
+            commit_checked!(tx, d);
             Ok(created)
         })
     }
@@ -295,7 +295,7 @@ impl Store {
             for (b, props) in encoded {
                 created.push(insert_buildset!(tx, d, b, props));
             }
-            tx.commit().await?;
+            commit_checked!(tx, d);
             Ok(Some(created))
         })
     }

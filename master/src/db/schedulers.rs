@@ -175,7 +175,7 @@ impl Store {
                     .insert_id();
                 ids.push(id);
             }
-            tx.commit().await?;
+            commit_checked!(tx, d);
             Ok(Some(ids))
         })
     }

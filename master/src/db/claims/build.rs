@@ -53,9 +53,10 @@ impl Store {
             // this start at certification, so they cannot both commit; on
             // one server the lock already keeps them apart.
             let sql = format!(
-                "UPDATE buildrequests SET claimed_at = {} WHERE id = ? AND {}",
+                "UPDATE buildrequests SET claimed_at = {} WHERE id = ? AND {}{}",
                 d.now(),
-                sql::held_by("?")
+                sql::held_by("?"),
+                d.in_tx()
             );
             sqlx::query(AssertSqlSafe(sql))
                 .bind(request_id)
@@ -82,15 +83,16 @@ impl Store {
                     worker_id,
                     started_at: row.time("started_at")?,
                 };
-                tx.commit().await?;
+                commit_checked!(tx, d);
                 return Ok(Some(build));
             }
             let insert = format!(
                 "INSERT INTO builds \
                  (number, builderid, buildrequestid, masterid, workerid, started_at, state_string) \
                  SELECT COALESCE(MAX(number), 0) + 1, ?, ?, ?, ?, {}, 'starting' \
-                 FROM builds WHERE builderid = ?",
-                d.now()
+                 FROM builds WHERE builderid = ?{}",
+                d.now(),
+                d.in_tx_having()
             );
             let mut attempt = 0;
             let id = loop {
@@ -104,6 +106,8 @@ impl Store {
                     .execute(&mut *tx)
                     .await;
                 match r {
+                    // Only the `in_tx` guard stops the aggregate's one row.
+                    Ok(r) if r.rows_affected() == 0 => return Err(DbError::TransactionEnded),
                     Ok(r) => break r.insert_id(),
                     Err(e) if is_unique_violation(&e) && attempt < BUILD_NUMBER_ATTEMPTS => {
                         continue;
@@ -126,7 +130,7 @@ impl Store {
             };
             // Reporters (outbox): the start is reported iff it commits.
             outbox::enqueue_for_build!(self, tx, d, id, outbox::Phase::Started);
-            tx.commit().await?;
+            commit_checked!(tx, d);
             Ok(Some(build))
         })
     }
@@ -171,7 +175,7 @@ impl Store {
             let build_results = match held {
                 None => Results::Retry,
                 Some(bs) if complete_request => {
-                    let which = format!("id = ? AND {}", sql::held_by("?"));
+                    let which = format!("id = ? AND {}{}", sql::held_by("?"), d.in_tx());
                     let sql = sql::complete(&which, "?", d.now());
                     sqlx::query(AssertSqlSafe(sql))
                         .bind(results.as_i64())
@@ -180,21 +184,22 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                     count_down_buildsets!(tx, d, &BTreeMap::from([(bs, 1)]), results);
-                    count_claims!(tx, &[request_id], -1);
+                    count_claims!(tx, d, &[request_id], -1);
                     results
                 }
                 Some(_) => {
-                    let which = format!("id = ? AND {}", sql::held_by("?"));
+                    let which = format!("id = ? AND {}{}", sql::held_by("?"), d.in_tx());
                     sqlx::query(AssertSqlSafe(sql::unclaim(&which)))
                         .bind(request_id)
                         .bind(me)
                         .execute(&mut *tx)
                         .await?;
-                    count_claims!(tx, &[request_id], -1);
+                    count_claims!(tx, d, &[request_id], -1);
                     results
                 }
             };
-            let sql = sql::end_builds("id = ? AND masterid = ?", "?", d.now());
+            let which = format!("id = ? AND masterid = ?{}", d.in_tx());
+            let sql = sql::end_builds(&which, "?", d.now());
             sqlx::query(AssertSqlSafe(sql))
                 .bind(build_results.as_i64())
                 .bind(build_id)
@@ -203,7 +208,7 @@ impl Store {
                 .await?;
             // Reporters (outbox): the end is reported iff it commits.
             outbox::enqueue_for_build!(self, tx, d, build_id, outbox::Phase::Finished);
-            tx.commit().await?;
+            commit_checked!(tx, d);
             Ok(held.is_some())
         })
     }

@@ -40,13 +40,14 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(false);
             };
-            sqlx::query(AssertSqlSafe(sql::complete(which, "?", d.now())))
+            let guarded = format!("{which}{}", d.in_tx());
+            sqlx::query(AssertSqlSafe(sql::complete(&guarded, "?", d.now())))
                 .bind(results.as_i64())
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
             count_down_buildsets!(tx, d, &BTreeMap::from([(bs, 1)]), results);
-            tx.commit().await?;
+            commit_checked!(tx, d);
             Ok(true)
         })
     }

@@ -10,7 +10,7 @@
 /// (claimed, unclaimed, released, or completed while claimed). Builder rows
 /// are written in id order.
 macro_rules! count_claims {
-    ($tx:expr, $ids:expr, $sign:expr) => {{
+    ($tx:expr, $d:expr, $ids:expr, $sign:expr) => {{
         let ids: &[i64] = $ids;
         let sign: i64 = $sign;
         if !ids.is_empty() {
@@ -24,7 +24,8 @@ macro_rules! count_claims {
                 q = q.bind(id);
             }
             for r in q.fetch_all(&mut *$tx).await? {
-                sqlx::query($crate::db::claims::counts::RAISE)
+                let raise = format!("{}{}", $crate::db::claims::counts::RAISE, $d.in_tx());
+                sqlx::query(sqlx::AssertSqlSafe(raise))
                     .bind(sign * $crate::db::rows::DbRow::i64(&r, "n")?)
                     .bind($crate::db::rows::DbRow::i64(&r, "builderid")?)
                     .execute(&mut *$tx)
@@ -35,6 +36,7 @@ macro_rules! count_claims {
 }
 pub(crate) use count_claims;
 
-/// Add to one builder's count: bind the amount, then the builder id.
+/// Add to one builder's count: bind the amount, then the builder id (the
+/// caller appends the dialect's `in_tx` guard).
 pub(crate) const RAISE: &str =
     "UPDATE builders SET claimed_requests = claimed_requests + ? WHERE id = ?";

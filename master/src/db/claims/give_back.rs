@@ -26,18 +26,19 @@ impl Store {
             let mine: Vec<i64> = q.bind(me).fetch_all(&mut *tx).await?;
             if !mine.is_empty() {
                 let which = format!(
-                    "id IN ({}) AND {}",
+                    "id IN ({}) AND {}{}",
                     placeholders(mine.len()),
-                    sql::held_by("?")
+                    sql::held_by("?"),
+                    d.in_tx()
                 );
                 let mut q = sqlx::query(AssertSqlSafe(sql::unclaim(&which)));
                 for id in &mine {
                     q = q.bind(id);
                 }
                 q.bind(me).execute(&mut *tx).await?;
-                count_claims!(tx, &mine, -1);
+                count_claims!(tx, d, &mine, -1);
             }
-            tx.commit().await?;
+            commit_checked!(tx, d);
             Ok(mine)
         })
     }

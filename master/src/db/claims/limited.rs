@@ -71,24 +71,26 @@ impl Store {
             let won = Claim::all(ids.iter().map(|id| (*id, builder.0)));
             claim_locked!(tx, d, me, &won);
             let n = won.len() as i64;
-            let raised = sqlx::query(
+            let raise = format!(
                 "UPDATE builders SET claimed_requests = claimed_requests + ? \
-                 WHERE id = ? AND claimed_requests + ? <= ?",
-            )
-            .bind(n)
-            .bind(builder.0)
-            .bind(n)
-            .bind(max)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+                 WHERE id = ? AND claimed_requests + ? <= ?{}",
+                d.in_tx()
+            );
+            let raised = sqlx::query(AssertSqlSafe(raise))
+                .bind(n)
+                .bind(builder.0)
+                .bind(n)
+                .bind(max)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             if raised != 1 {
                 // The count moved since it was read (only a write that did
                 // not wait for our row lock can do that): claim nothing now.
                 tx.rollback().await?;
                 return Ok(ClaimRound::LostRaces);
             }
-            tx.commit().await?;
+            commit_checked!(tx, d);
             Ok(ClaimRound::Won(won))
         })
     }

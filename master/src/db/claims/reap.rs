@@ -129,7 +129,7 @@ impl Store {
             let ids: Vec<i64> = q.fetch_all(&mut *tx).await?;
             let mut n = 0;
             if !ids.is_empty() {
-                let which = format!("id IN ({})", placeholders(ids.len()));
+                let which = format!("id IN ({}){}", placeholders(ids.len()), d.in_tx());
                 let sql = sql::end_builds(&which, "?", d.now());
                 let mut q = sqlx::query(AssertSqlSafe(sql)).bind(Results::Retry.as_i64());
                 for id in &ids {
@@ -137,7 +137,7 @@ impl Store {
                 }
                 n = q.execute(&mut *tx).await?.rows_affected();
             }
-            tx.commit().await?;
+            commit_checked!(tx, d);
             Ok(n)
         })
     }
@@ -179,7 +179,7 @@ impl Store {
                 .await?
                 .rows_affected();
             }
-            tx.commit().await?;
+            commit_checked!(tx, d);
             Ok(n)
         })
     }

@@ -112,7 +112,8 @@ impl Store {
                     tx.rollback().await?;
                     return Ok(false);
                 }
-                let won = sqlx::query(AssertSqlSafe(sql::unclaim(&unchanged)))
+                let guarded = format!("{unchanged}{}", d.in_tx());
+                let won = sqlx::query(AssertSqlSafe(sql::unclaim(&guarded)))
                     .bind(id)
                     .bind(owner)
                     .bind(d.time_arg(claimed_at))
@@ -121,8 +122,9 @@ impl Store {
                     .rows_affected()
                     == 1;
                 if won {
-                    count_claims!(tx, &[id], -1);
-                    let sql = sql::end_builds("buildrequestid = ? AND masterid = ?", "?", d.now());
+                    count_claims!(tx, d, &[id], -1);
+                    let which = format!("buildrequestid = ? AND masterid = ?{}", d.in_tx());
+                    let sql = sql::end_builds(&which, "?", d.now());
                     sqlx::query(AssertSqlSafe(sql))
                         .bind(Results::Retry.as_i64())
                         .bind(id)
@@ -130,7 +132,7 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                tx.commit().await?;
+                commit_checked!(tx, d);
                 Ok::<bool, DbError>(won)
             })?;
             if won {

@@ -33,7 +33,11 @@ macro_rules! claim_locked {
         let ids: Vec<i64> = claims.iter().map(|c| c.request.0).collect();
         let cas = $crate::db::claims::sql::claim(
             "buildrequests",
-            &format!("id IN ({})", $crate::db::dialect::placeholders(ids.len())),
+            &format!(
+                "id IN ({}){}",
+                $crate::db::dialect::placeholders(ids.len()),
+                $d.in_tx()
+            ),
             "?",
             $d.now(),
         );
@@ -65,8 +69,8 @@ macro_rules! claim_picked {
             return Ok($crate::db::claims::ClaimRound::NothingToDo);
         }
         let ids = $crate::db::claims::stepwise::claim_locked!($tx, $d, $me, &won);
-        $crate::db::claims::counts::count_claims!($tx, &ids, 1);
-        $tx.commit().await?;
+        $crate::db::claims::counts::count_claims!($tx, $d, &ids, 1);
+        commit_checked!($tx, $d);
         Ok($crate::db::claims::ClaimRound::Won(won))
     }};
 }
@@ -127,9 +131,10 @@ pub(super) async fn complete_requests(
         }
         if !done.is_empty() {
             let which = format!(
-                "id IN ({}) AND {}",
+                "id IN ({}) AND {}{}",
                 placeholders(done.len()),
-                sql::held_by("?")
+                sql::held_by("?"),
+                d.in_tx()
             );
             let mut q = sqlx::query(AssertSqlSafe(sql::complete(&which, "?", d.now())))
                 .bind(results.as_i64());
@@ -138,9 +143,9 @@ pub(super) async fn complete_requests(
             }
             q.bind(me).execute(&mut *tx).await?;
             count_down_buildsets!(tx, d, &buildsets, results);
-            count_claims!(tx, &done, -1);
+            count_claims!(tx, d, &done, -1);
         }
-        tx.commit().await?;
+        commit_checked!(tx, d);
         Ok(done)
     })
 }
