@@ -92,6 +92,15 @@ impl Dialect {
         }
     }
 
+    /// [`Dialect::in_tx`] for an `INSERT ... SELECT` of values (the tail of
+    /// the `SELECT`).
+    pub fn in_tx_select(self) -> &'static str {
+        match self {
+            Dialect::MySql => " FROM DUAL WHERE @@in_transaction = 1",
+            Dialect::Sqlite => "",
+        }
+    }
+
     /// Row-lock suffix that waits (a plain `FOR UPDATE`).
     pub fn for_update(self) -> &'static str {
         match self {

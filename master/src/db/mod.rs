@@ -81,6 +81,17 @@ macro_rules! with_pool_retry {
 /// (`DbError::TransactionEnded`, retried like a lock conflict).
 macro_rules! commit_checked {
     ($tx:expr, $d:expr) => {{
+        ensure_in_tx!($tx, $d);
+        $tx.commit().await?;
+    }};
+}
+
+/// Return `DbError::TransactionEnded` if the write transaction `$tx` of
+/// dialect `$d` has ended under it (MySQL); see `commit_checked!`. Also for a
+/// guarded compare-and-swap that changed nothing, before taking that as a
+/// lost race.
+macro_rules! ensure_in_tx {
+    ($tx:expr, $d:expr) => {{
         if $d == $crate::db::dialect::Dialect::MySql {
             let open: i64 = sqlx::query_scalar("SELECT CAST(@@in_transaction AS SIGNED)")
                 .fetch_one(&mut *$tx)
@@ -89,7 +100,6 @@ macro_rules! commit_checked {
                 return Err($crate::db::DbError::TransactionEnded.into());
             }
         }
-        $tx.commit().await?;
     }};
 }
 

@@ -54,23 +54,31 @@ macro_rules! insert_buildset {
         let b: &NewBuildset = $b;
         let props: &[(&str, String)] = $props;
         let source = b.scheduler.as_deref().unwrap_or_default();
+        // The buildset's and the requests' rows are guarded (`in_tx_select`):
+        // run outside their transaction they insert nothing, so a
+        // transaction the database ended leaves no buildset behind that
+        // waits for ever on requests that were never written.
         let sql = format!(
             "INSERT INTO buildsets (external_idstring, reason, submitted_at, complete, \
-             scheduler, parent_buildid, open_requests) VALUES (?, ?, {}, 0, ?, ?, ?)",
-            $d.now()
+             scheduler, parent_buildid, open_requests) SELECT ?, ?, {}, 0, ?, ?, ?{}",
+            $d.now(),
+            $d.in_tx_select()
         );
         // The buildset completes when this count of its requests is down to
         // zero (`buildset_finish`).
         let open = i64::try_from(b.builders.len()).unwrap_or(i64::MAX);
-        let bsid = sqlx::query(AssertSqlSafe(sql))
+        let inserted = sqlx::query(AssertSqlSafe(sql))
             .bind(&b.external_idstring)
             .bind(&b.reason)
             .bind(&b.scheduler)
             .bind(b.parent_buildid)
             .bind(open)
             .execute(&mut *$tx)
-            .await?
-            .insert_id();
+            .await?;
+        if inserted.rows_affected() == 0 {
+            return Err($crate::db::DbError::TransactionEnded);
+        }
+        let bsid = inserted.insert_id();
         let ss_sql = format!(
             "INSERT INTO sourcestamps (branch, revision, repository, project, codebase, \
              patch_body, patch_level, patch_subdir, patch_author, patch_comment, created_at) \
@@ -125,19 +133,22 @@ macro_rules! insert_buildset {
         }
         let br_sql = format!(
             "INSERT INTO buildrequests (buildsetid, builderid, priority, complete, submitted_at) \
-             VALUES (?, ?, ?, 0, {})",
-            $d.now()
+             SELECT ?, ?, ?, 0, {}{}",
+            $d.now(),
+            $d.in_tx_select()
         );
         let mut requests = Vec::with_capacity(b.builders.len());
         for (builder, priority) in &b.builders {
-            let id = sqlx::query(AssertSqlSafe(br_sql.clone()))
+            let inserted = sqlx::query(AssertSqlSafe(br_sql.clone()))
                 .bind(bsid)
                 .bind(builder)
                 .bind(priority)
                 .execute(&mut *$tx)
-                .await?
-                .insert_id();
-            requests.push(id);
+                .await?;
+            if inserted.rows_affected() == 0 {
+                return Err($crate::db::DbError::TransactionEnded);
+            }
+            requests.push(inserted.insert_id());
         }
         (bsid, requests)
     }};
@@ -285,7 +296,19 @@ impl Store {
         let encoded = &encoded;
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;
-            if !cas_state_row!(&mut *tx, d, object, name, expected.as_deref(), new) {
+            let guards = (d.in_tx(), d.in_tx_select());
+            if !cas_state_row!(
+                &mut *tx,
+                d,
+                guards.0,
+                guards.1,
+                object,
+                name,
+                expected.as_deref(),
+                new
+            ) {
+                // Lost, unless the transaction ended under the guarded write.
+                ensure_in_tx!(tx, d);
                 // A lost INSERT IGNORE holds a shared lock on the existing
                 // row until the transaction ends: end it now.
                 tx.rollback().await?;

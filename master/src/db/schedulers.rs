@@ -145,20 +145,33 @@ impl Store {
         let encoded = &encoded;
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;
-            if !cas_state_row!(&mut *tx, d, object, name, expected.as_deref(), new) {
+            let guards = (d.in_tx(), d.in_tx_select());
+            if !cas_state_row!(
+                &mut *tx,
+                d,
+                guards.0,
+                guards.1,
+                object,
+                name,
+                expected.as_deref(),
+                new
+            ) {
+                // Lost, unless the transaction ended under the guarded write.
+                ensure_in_tx!(tx, d);
                 tx.rollback().await?;
                 return Ok(None);
             }
             let sql = format!(
                 "INSERT INTO changes (author, comments, branch, revision, repository, project, \
                  codebase, files, properties, when_timestamp, category, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE({tp}, {now}), ?, {now})",
+                 SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE({tp}, {now}), ?, {now}{guard}",
                 tp = d.time_param(),
-                now = d.now()
+                now = d.now(),
+                guard = d.in_tx_select()
             );
             let mut ids = Vec::with_capacity(encoded.len());
             for (c, files, props) in encoded {
-                let id = sqlx::query(AssertSqlSafe(sql.clone()))
+                let inserted = sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(&c.author)
                     .bind(&c.comments)
                     .bind(&c.branch)
@@ -171,9 +184,11 @@ impl Store {
                     .bind(c.when.map(|t| d.time_arg(t)))
                     .bind(&c.category)
                     .execute(&mut *tx)
-                    .await?
-                    .insert_id();
-                ids.push(id);
+                    .await?;
+                if inserted.rows_affected() == 0 {
+                    return Err(DbError::TransactionEnded);
+                }
+                ids.push(inserted.insert_id());
             }
             commit_checked!(tx, d);
             Ok(Some(ids))

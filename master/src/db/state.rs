@@ -18,7 +18,10 @@ use super::{DbError, MasterId, Store};
 /// state is created with an insert that leaves a concurrent creator's row
 /// alone; present state is updated only where it still holds `$expected`.
 macro_rules! cas_state_row {
-    ($exec:expr, $d:expr, $object:expr, $name:expr, $expected:expr, $new:expr) => {{
+    ($exec:expr, $d:expr, $object:expr, $name:expr, $expected:expr, $new:expr) => {{ cas_state_row!($exec, $d, "", "", $object, $name, $expected, $new) }};
+    // In a transaction: `$guard` is `$d.in_tx()` for the `UPDATE`,
+    // `$select_guard` `$d.in_tx_select()` for the `INSERT ... SELECT`.
+    ($exec:expr, $d:expr, $guard:expr, $select_guard:expr, $object:expr, $name:expr, $expected:expr, $new:expr) => {{
         let object: &str = $object;
         let name: &str = $name;
         let expected: Option<&str> = $expected;
@@ -26,8 +29,9 @@ macro_rules! cas_state_row {
         let changed = match expected {
             None => {
                 let sql = format!(
-                    "{} INTO object_state (objectname, name, value_json) VALUES (?, ?, ?)",
-                    $d.insert_ignore()
+                    "{} INTO object_state (objectname, name, value_json) SELECT ?, ?, ?{}",
+                    $d.insert_ignore(),
+                    $select_guard
                 );
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(object)
@@ -37,10 +41,11 @@ macro_rules! cas_state_row {
                     .await?
                     .rows_affected()
             }
-            Some(old) => sqlx::query(
+            Some(old) => sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE object_state SET value_json = ? \
-                 WHERE objectname = ? AND name = ? AND value_json = ?",
-            )
+                 WHERE objectname = ? AND name = ? AND value_json = ?{}",
+                $guard
+            )))
             .bind(new)
             .bind(object)
             .bind(name)
