@@ -296,19 +296,7 @@ impl Store {
         let encoded = &encoded;
         with_pool_retry!(self, |pool, d| {
             let mut tx = pool.begin_write().await?;
-            let guards = (d.in_tx(), d.in_tx_select());
-            if !cas_state_row!(
-                &mut *tx,
-                d,
-                guards.0,
-                guards.1,
-                object,
-                name,
-                expected.as_deref(),
-                new
-            ) {
-                // Lost, unless the transaction ended under the guarded write.
-                ensure_in_tx!(tx, d);
+            if !cas_state_row!(in_tx tx, d, object, name, expected.as_deref(), new) {
                 // A lost INSERT IGNORE holds a shared lock on the existing
                 // row until the transaction ends: end it now.
                 tx.rollback().await?;

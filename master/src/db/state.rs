@@ -18,6 +18,19 @@ use super::{DbError, MasterId, Store};
 /// state is created with an insert that leaves a concurrent creator's row
 /// alone; present state is updated only where it still holds `$expected`.
 macro_rules! cas_state_row {
+    // In the write transaction `$tx`: the writes guarded by `in_tx`, and a
+    // compare-and-swap that changed nothing is a lost race only if the
+    // transaction is still open (else `DbError::TransactionEnded`).
+    (in_tx $tx:expr, $d:expr, $object:expr, $name:expr, $expected:expr, $new:expr) => {{
+        let guards = ($d.in_tx(), $d.in_tx_select());
+        let won = cas_state_row!(
+            &mut *$tx, $d, guards.0, guards.1, $object, $name, $expected, $new
+        );
+        if !won {
+            ensure_in_tx!($tx, $d);
+        }
+        won
+    }};
     ($exec:expr, $d:expr, $object:expr, $name:expr, $expected:expr, $new:expr) => {{ cas_state_row!($exec, $d, "", "", $object, $name, $expected, $new) }};
     // In a transaction: `$guard` is `$d.in_tx()` for the `UPDATE`,
     // `$select_guard` `$d.in_tx_select()` for the `INSERT ... SELECT`.
