@@ -55,7 +55,20 @@ builders = ["on-change"]
     cluster
         .wait_complete(0, &ids, Duration::from_secs(60))
         .await;
-    let after = cluster.get_text(&url).await.expect("scrape /metrics");
+    // A request reads complete as soon as its build's end commits; the
+    // master counts the build just after. Scrape until all three are in.
+    let echo_ok = ["builder=\"echo\"", "results=\"success\""];
+    let after = eventually(
+        "three finished builds counted",
+        Duration::from_secs(30),
+        || async {
+            let text = cluster.get_text(&url).await?;
+            (sample(&text, "flotilla_builds_finished_total", &echo_ok) >= 3.0
+                && sample(&text, "flotilla_build_duration_seconds_count", &echo_ok) >= 3.0)
+                .then_some(text)
+        },
+    )
+    .await;
     println!("----- /metrics after 3 builds -----\n{after}");
 
     let moved =
@@ -70,7 +83,6 @@ builders = ["on-change"]
     );
     assert!(sample(&after, "flotilla_claims_attempted_total", &[]) >= 3.0);
     assert!(moved("flotilla_claim_seconds_count", &[]) >= 1.0);
-    let echo_ok = ["builder=\"echo\"", "results=\"success\""];
     assert_eq!(
         moved("flotilla_build_duration_seconds_count", &echo_ok),
         3.0
