@@ -111,19 +111,21 @@ impl DbError {
     /// The server has no routine of that name (1305): a procedure not yet
     /// created in this database.
     pub fn is_missing_routine(&self) -> bool {
+        self.server_code() == Some(mysql_codes::NO_SUCH_FUNCTION)
+    }
+
+    /// The MySQL server's error number, when the database answered with one.
+    fn server_code(&self) -> Option<u16> {
         let DbError::Sqlx(sqlx::Error::Database(d)) = self else {
-            return false;
+            return None;
         };
-        mysql_code(d.as_ref()) == Some(mysql_codes::NO_SUCH_FUNCTION)
+        mysql_code(d.as_ref())
     }
 
     /// The user lacks a privilege for the statement (database, table,
     /// routine, or a global one).
     pub fn is_access_denied(&self) -> bool {
-        let DbError::Sqlx(sqlx::Error::Database(d)) = self else {
-            return false;
-        };
-        mysql_code(d.as_ref()).is_some_and(|c| {
+        self.server_code().is_some_and(|c| {
             matches!(
                 c,
                 mysql_codes::DB_ACCESS_DENIED
@@ -138,10 +140,7 @@ impl DbError {
     /// construct, a missing function): a server older or other than the ones
     /// the statement was written for, not a passing failure.
     pub fn is_unsupported_sql(&self) -> bool {
-        let DbError::Sqlx(sqlx::Error::Database(d)) = self else {
-            return false;
-        };
-        mysql_code(d.as_ref()).is_some_and(|c| {
+        self.server_code().is_some_and(|c| {
             matches!(
                 c,
                 mysql_codes::PARSE_ERROR

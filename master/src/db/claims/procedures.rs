@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Claim, ClaimRound, sql};
+use super::{ClaimRound, sql};
 use crate::db::buildset_finish::count_down_sql;
 use crate::db::dialect::Dialect;
 use crate::db::{DbError, MasterId, Results};
@@ -145,13 +145,7 @@ pub(super) async fn claim_one(
     let row = call(pool, &CLAIM_ONE, &format!("{me}, {builder}"))
         .await?
         .ok_or_else(|| DbError::Other("claim procedure returned no outcome".into()))?;
-    let won: Vec<(i64, i64)> = row
-        .try_get::<Option<i64>, _>("id")?
-        .map(|id| (id, builder))
-        .into_iter()
-        .collect();
-    let claimed = u64::try_from(row.try_get::<i64, _>("claimed")?).unwrap_or(0);
-    Ok(ClaimRound::of_cas(Claim::all(won), claimed))
+    super::script::one_claim(&row, builder)
 }
 
 /// The completion of request `id` by `me` with `results` (`COMPLETE_ONE`):

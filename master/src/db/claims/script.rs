@@ -154,12 +154,19 @@ async fn claim_one(pool: &MySqlPool, me: MasterId, builder: i64) -> Result<Claim
     let row = run_transaction(pool, body)
         .await?
         .ok_or_else(|| DbError::Other("claim script returned no outcome".into()))?;
+    one_claim(&row, builder)
+}
+
+/// The outcome of a single-request claim of `builder` from its answer row:
+/// `id` (the request locked, NULL when none) and `claimed` (rows the
+/// compare-and-swap changed). The script's and the procedure's answer.
+pub(super) fn one_claim(row: &MySqlRow, builder: i64) -> Result<ClaimRound, DbError> {
     let won: Vec<(i64, i64)> = row
         .try_get::<Option<i64>, _>("id")?
         .map(|id| (id, builder))
         .into_iter()
         .collect();
-    Ok(ClaimRound::of_cas(Claim::all(won), claimed_count(&row)?))
+    Ok(ClaimRound::of_cas(Claim::all(won), claimed_count(row)?))
 }
 
 /// The requests of `@flotilla_won` as a table `w` with one column, `id`.
