@@ -14,6 +14,7 @@ store_suite!(
     finish_build_with_lost_claim,
     finish_build_without_completing_requeues,
     steps_and_logs,
+    many_masters_start_builds_of_one_builder_at_once,
 );
 
 async fn start_build_is_fenced(db: &TestDb) {
@@ -39,6 +40,40 @@ async fn start_build_is_fenced(db: &TestDb) {
         .await
         .unwrap();
     assert!(s.start_build(a, r[1], bl, w).await.unwrap().is_none());
+}
+
+/// Build numbers are per builder, max + 1: masters starting builds of one
+/// builder side by side must each get a number, never a duplicate key, and
+/// the numbers run without a gap.
+async fn many_masters_start_builds_of_one_builder_at_once(db: &TestDb) {
+    const MASTERS: usize = 8;
+    const EACH: usize = 30;
+    let s = db.upgraded_store().await;
+    let bl = builder(&s, "unit").await;
+    let w = s.ensure_worker("w1", &serde_json::json!({})).await.unwrap();
+    let mut tasks = Vec::new();
+    for m in 0..MASTERS {
+        let store = db.store().await;
+        let me = master(&store, &format!("m{m}")).await;
+        let r = seed(&store, bl, EACH, 0).await;
+        store.claim_requests(me, &r).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut numbers = Vec::new();
+            for id in r {
+                let b = store.start_build(me, id, bl, w).await;
+                let b = b.unwrap_or_else(|e| panic!("start of request {id}: {e}"));
+                numbers.push(b.expect("claim held").number);
+            }
+            numbers
+        }));
+    }
+    let mut numbers = Vec::new();
+    for t in tasks {
+        numbers.extend(t.await.unwrap());
+    }
+    numbers.sort_unstable();
+    let expected: Vec<i64> = (1..=(MASTERS * EACH) as i64).collect();
+    assert_eq!(numbers, expected);
 }
 
 async fn finish_build_with_lost_claim(db: &TestDb) {

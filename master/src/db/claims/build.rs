@@ -13,8 +13,10 @@ use crate::db::error::is_unique_violation;
 use crate::db::rows::{DbRow, InsertId};
 use crate::db::{BeginWrite, BuildRow, DbError, MasterId, Results, Store, outbox};
 
-/// Attempts at picking the next build number when another master takes the
-/// same number for the same builder at the same moment.
+/// Attempts at picking the next build number when the builder's row lock
+/// did not keep another start out: on Galera the lock holds on one node, and
+/// a number another node committed may arrive between the read and the
+/// insert.
 const BUILD_NUMBER_ATTEMPTS: usize = 20;
 
 impl Store {
@@ -86,6 +88,17 @@ impl Store {
                 commit_checked!(tx, d);
                 return Ok(Some(build));
             }
+            // One number at a time per builder: starts of one builder's
+            // builds queue on its row here, so each reads the number the
+            // last one committed. (Without the lock, masters starting side
+            // by side read the same max and all but one hit the unique key,
+            // over and over; on Galera the lock holds on one node only, and
+            // two nodes' equal numbers fail certification and run again.)
+            let sql = format!("SELECT id FROM builders WHERE id = ?{}", d.for_update());
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(builder_id)
+                .fetch_optional(&mut *tx)
+                .await?;
             let insert = format!(
                 "INSERT INTO builds \
                  (number, builderid, buildrequestid, masterid, workerid, started_at, state_string) \
