@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestClaims, TestDb, builder, master, seed};
+use common::{TestClaims, TestDb, builder, master, outlive, seed};
 use flotilla_master::db::outbox::{Phase, ReportRoute};
 use flotilla_master::db::{DeliveryOutcome, DeliveryState, MasterId, Prepared, Results, Store};
 
@@ -18,6 +18,7 @@ store_suite!(
     a_topic_is_delivered_in_order_and_an_outdated_status_is_superseded,
     a_dead_masters_delivery_is_taken_over_and_the_loser_records_nothing,
     failures_are_retried_until_the_horizon,
+    builds_ended_by_reaping_report_their_end,
 );
 
 const LEASE: Duration = Duration::from_secs(600);
@@ -256,4 +257,54 @@ async fn failures_are_retried_until_the_horizon(db: &TestDb) {
     assert_eq!((row.state, row.attempts), ("failed", 3));
     assert_eq!(row.http_status, Some(503));
     assert!(s.claim_deliveries(a, 10, LEASE).await.unwrap().is_empty());
+}
+
+/// A build that another master ends as Retry (its claim's lease ran out,
+/// or its master was declared dead) reports its end like any other, once:
+/// a reporter that heard it start is never left waiting.
+async fn builds_ended_by_reaping_report_their_end(db: &TestDb) {
+    const SHORT: Duration = Duration::from_millis(300);
+    let s = db.upgraded_store().await;
+    s.set_report_routes(vec![route("everything", None)]);
+    let a = master(&s, "a").await;
+    let b = master(&s, "b").await;
+    let bl = builder(&s, "unit").await;
+    let w = s.ensure_worker("w1", &serde_json::json!({})).await.unwrap();
+    let r = seed(&s, bl, 3, 0).await;
+    let ends = |id: i64| {
+        format!("SELECT COUNT(*) FROM report_deliveries WHERE buildid = {id} AND phase = 1")
+    };
+    // The lease runs out.
+    s.claim_requests(a, &[r[0]]).await.unwrap();
+    let expired = s.start_build(a, r[0], bl, w).await.unwrap().unwrap();
+    outlive(SHORT).await;
+    assert_eq!(s.release_expired_claims(SHORT).await.unwrap(), vec![r[0]]);
+    assert_eq!(db.scalar_i64(&ends(expired.id)).await, 1);
+    // The old owner's own late finish adds nothing.
+    assert!(
+        !s.finish_build(a, expired.id, r[0], Results::Success, true)
+            .await
+            .unwrap()
+    );
+    assert_eq!(db.scalar_i64(&ends(expired.id)).await, 1);
+    // The master dies holding a claim with a build, and a build whose
+    // claim it had already given back.
+    s.claim_requests(a, &r[1..]).await.unwrap();
+    let claimed = s.start_build(a, r[1], bl, w).await.unwrap().unwrap();
+    let orphan = s.start_build(a, r[2], bl, w).await.unwrap().unwrap();
+    s.unclaim(a, &[r[2]]).await.unwrap();
+    let seen = s.master_flags(a).await.unwrap().unwrap().last_active;
+    assert!(s.heartbeat(b).await.unwrap());
+    assert!(s.declare_dead(a, seen).await.unwrap());
+    assert_eq!(s.release_inactive().await.unwrap(), vec![r[1]]);
+    for build in [expired.id, claimed.id, orphan.id] {
+        let row = s.get_build(build).await.unwrap().unwrap();
+        assert_eq!(row.results, Some(Results::Retry), "build {build}");
+        assert_eq!(db.scalar_i64(&ends(build)).await, 1, "build {build}");
+    }
+    // Nothing more on a second pass.
+    assert!(s.release_inactive().await.unwrap().is_empty());
+    for build in [expired.id, claimed.id, orphan.id] {
+        assert_eq!(db.scalar_i64(&ends(build)).await, 1, "build {build}");
+    }
 }

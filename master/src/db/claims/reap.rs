@@ -14,7 +14,7 @@ use sqlx::AssertSqlSafe;
 use super::sql;
 use crate::db::dialect::placeholders;
 use crate::db::rows::DbRow;
-use crate::db::{BeginWrite, DbError, MasterId, MasterRow, Results, Store};
+use crate::db::{BeginWrite, DbError, MasterId, MasterRow, Results, Store, outbox};
 
 impl Store {
     /// The active incarnations and their `last_active` as stored: what an
@@ -101,7 +101,7 @@ impl Store {
     }
 
     /// Mark Retry the unfinished builds of inactive masters, skipping rows
-    /// another session holds locked.
+    /// another session holds locked, and enqueue their end for reporters.
     pub(crate) async fn retry_builds_of_inactive(&self) -> Result<u64, DbError> {
         let open: Vec<i64> = with_pool!(self, |pool, d| {
             sqlx::query_scalar(
@@ -136,6 +136,11 @@ impl Store {
                     q = q.bind(id);
                 }
                 n = q.execute(&mut *tx).await?.rows_affected();
+                // Reporters hear that these builds ended (as retry), in the
+                // transaction that ends them.
+                for id in &ids {
+                    outbox::enqueue_for_build!(self, tx, d, *id, outbox::Phase::Finished);
+                }
             }
             commit_checked!(tx, d);
             Ok(n)

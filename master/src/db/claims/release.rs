@@ -14,7 +14,7 @@ use super::counts::count_claims;
 use super::sql;
 use crate::db::dialect::placeholders;
 use crate::db::rows::DbRow;
-use crate::db::{BeginWrite, DbError, MasterId, Results, Store};
+use crate::db::{BeginWrite, DbError, MasterId, Results, Store, outbox};
 
 impl Store {
     /// Release claims not renewed for `lease`, whoever holds them. Each row is
@@ -123,14 +123,25 @@ impl Store {
                     == 1;
                 if won {
                     count_claims!(tx, d, &[id], -1);
-                    let which = format!("buildrequestid = ? AND masterid = ?{}", d.in_tx());
-                    let sql = sql::end_builds(&which, "?", d.now());
-                    sqlx::query(AssertSqlSafe(sql))
-                        .bind(Results::Retry.as_i64())
-                        .bind(id)
-                        .bind(owner)
-                        .execute(&mut *tx)
-                        .await?;
+                    let open: Vec<i64> = sqlx::query_scalar(
+                        "SELECT id FROM builds \
+                         WHERE buildrequestid = ? AND masterid = ? AND complete_at IS NULL",
+                    )
+                    .bind(id)
+                    .bind(owner)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    for build in open {
+                        let which = format!("id = ?{}", d.in_tx());
+                        let sql = sql::end_builds(&which, "?", d.now());
+                        sqlx::query(AssertSqlSafe(sql))
+                            .bind(Results::Retry.as_i64())
+                            .bind(build)
+                            .execute(&mut *tx)
+                            .await?;
+                        // Reporters hear that it ended (as retry).
+                        outbox::enqueue_for_build!(self, tx, d, build, outbox::Phase::Finished);
+                    }
                 }
                 commit_checked!(tx, d);
                 Ok::<bool, DbError>(won)
