@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::cluster::Proc;
 use common::metrics_text::sample;
-use common::{Cluster, ClusterSpec, eventually, free_port};
+use common::{Cluster, ClusterSpec, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counters_move_when_builds_run() {
@@ -130,51 +130,23 @@ async fn the_gateway_scrape_passes_promtool_and_answers_readyz() {
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    // Ports picked free a moment ago can be taken by a test running beside
-    // this one: a gateway that could not bind exits, and is started again.
-    let mut attempt = 0;
-    let (mut gateway, grpc, metrics) = loop {
-        attempt += 1;
-        let (grpc, metrics) = (free_port(), free_port());
-        let mut gateway = Proc::spawn(
-            &format!("gateway-{attempt}"),
-            &args(&[
-                "gateway",
-                "--config",
-                config.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{grpc}"),
-                "--metrics",
-                &format!("127.0.0.1:{metrics}"),
-            ]),
-            &[],
-            dir.path(),
-        );
-        let mut up = false;
-        for _ in 0..100 {
-            if http
-                .get(format!("http://127.0.0.1:{metrics}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                up = true;
-                break;
-            }
-            if gateway.wait_exit(Duration::from_millis(1)).is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if up {
-            break (gateway, grpc, metrics);
-        }
-        assert!(
-            attempt < 3,
-            "the gateway did not start: {}",
-            gateway.output()
-        );
-    };
+    // Port 0: the gateway binds what the kernel gives and reports it.
+    let (mut gateway, bound) = Proc::listening(
+        "gateway",
+        &args(&[
+            "gateway",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ]),
+        &[],
+        dir.path(),
+    );
+    let grpc = bound.get("grpc").unwrap().port();
+    let metrics = bound.get("metrics").unwrap().port();
     // A worker with no master to take it: connected, then refused, then back.
     let worker = Proc::spawn(
         "worker",
