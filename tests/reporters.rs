@@ -246,10 +246,12 @@ async fn failed_deliveries_are_retried_and_a_refusal_is_final() {
     );
     let c = Cluster::start("reporters_retry", spec).await;
 
-    // 500, then 429 with Retry-After, then a hang (timed out): all retried.
+    // 500, then 429 with Retry-After, then GitHub's 403 of a spent rate
+    // limit, then a hang (timed out): all retried.
     host.plan(&[
         Answer::Status(500),
         Answer::TooMany(1),
+        Answer::RateLimited(1),
         Answer::Hang,
         Answer::Close,
     ]);
@@ -263,7 +265,7 @@ async fn failed_deliveries_are_retried_and_a_refusal_is_final() {
     })
     .await;
     let answered: Vec<u16> = calls.iter().map(|c| c.answered).collect();
-    assert_eq!(answered, [500, 429, 0, 0, 201]);
+    assert_eq!(answered, [500, 429, 403, 0, 0, 201]);
     assert!(calls.iter().all(|c| c.body == calls[0].body));
     let d = eventually("recorded sent", Duration::from_secs(30), || async {
         deliveries(&c, build)
@@ -272,7 +274,7 @@ async fn failed_deliveries_are_retried_and_a_refusal_is_final() {
             .find(|d| d["state"] == "sent")
     })
     .await;
-    assert_eq!(d["attempts"], 5);
+    assert_eq!(d["attempts"], 6);
     assert_eq!(d["http_status"], 201);
 
     // A 404 is final: tried once, marked failed, never again.

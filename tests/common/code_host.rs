@@ -1,7 +1,7 @@
 //! A stand-in for the GitHub and GitLab APIs (and any webhook receiver):
 //! a plain HTTP/1.1 server on a loopback port that records every request
 //! and answers each by a plan the test sets — a status, a 429 with
-//! `Retry-After`, a hang (no answer, the connection held open), or a
+//! `Retry-After`, a 403 of a spent rate limit, a hang (no answer, the connection held open), or a
 //! closed connection — and, when the plan is empty, 201 (or, with
 //! `fail_percent`, a 500 at random). `stop` takes it away (connections
 //! refused) and `start_on` brings it back on the same port.
@@ -19,6 +19,9 @@ pub enum Answer {
     Status(u16),
     /// 429 with `Retry-After: <secs>`.
     TooMany(u64),
+    /// GitHub's answer to a spent rate limit: 403 with
+    /// `x-ratelimit-remaining: 0` and `x-ratelimit-reset` `<secs>` from now.
+    RateLimited(u64),
     /// Read the request, never answer.
     Hang,
     /// Read the request, close the connection.
@@ -183,6 +186,7 @@ async fn serve(mut conn: TcpStream, shared: Arc<Mutex<Shared>>) {
         let answered = match answer {
             Answer::Status(c) => c,
             Answer::TooMany(_) => 429,
+            Answer::RateLimited(_) => 403,
             Answer::Hang | Answer::Close => 0,
         };
         s.calls.push(Call {
@@ -197,6 +201,17 @@ async fn serve(mut conn: TcpStream, shared: Arc<Mutex<Shared>>) {
     let (code, extra) = match answer {
         Answer::Status(c) => (c, String::new()),
         Answer::TooMany(secs) => (429, format!("Retry-After: {secs}\r\n")),
+        Answer::RateLimited(secs) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let reset = now + secs;
+            (
+                403,
+                format!("x-ratelimit-remaining: 0\r\nx-ratelimit-reset: {reset}\r\n"),
+            )
+        }
         Answer::Hang => {
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
             return;

@@ -18,8 +18,9 @@
 //!    has ended before anyone may take the row over. A row older than a
 //!    newer row of its topic already sent is superseded, never sent.
 //! 5. **Record**, fenced on the claim: sent; failed for good (4xx other
-//!    than 429, logged); or queued again after a backoff (5xx, 429 with its
-//!    `Retry-After`, timeouts) until `retry_horizon` has passed.
+//!    than 429 and a rate-limit 403, logged); or queued again after a
+//!    backoff or the wait the server names (5xx, 429, rate-limit 403,
+//!    timeouts) until `retry_horizon` has passed.
 //!
 //! A status is sent twice only when its master died (or was cut off)
 //! between sending it and recording that: the row is then taken over and

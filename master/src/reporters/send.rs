@@ -1,10 +1,14 @@
 //! Sending one prepared delivery and judging the answer: 2xx is sent; 429,
-//! 5xx, a timeout or a broken connection are tried again after a backoff
-//! (or the server's `Retry-After`); any other answer is final and logged.
+//! 5xx, a rate-limit 403, a timeout or a broken connection are tried again
+//! after a backoff (or the wait the server names); any other answer is
+//! final and logged.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use hmac::{KeyInit, Mac};
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
 use sha2::Sha256;
 
 use crate::config::ReporterConfig;
@@ -28,12 +32,56 @@ pub fn backoff(attempts: i64) -> Duration {
     base.mul_f64(1.0 + jitter)
 }
 
-/// The `Retry-After` of an answer in seconds (the HTTP-date form is not
-/// used by the code hosts' APIs), capped.
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?;
-    let secs: u64 = v.to_str().ok()?.trim().parse().ok()?;
-    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+/// How long the server asks us to wait before the next attempt, capped:
+/// `Retry-After` (seconds or an HTTP-date), else, on an answer of a spent
+/// rate limit, until the limit's reset (`x-ratelimit-reset` of GitHub,
+/// `ratelimit-reset` of GitLab: Unix seconds). `None`: the server did not
+/// say, or named a moment already past.
+fn server_wait(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    let until = |at: DateTime<Utc>| (at - now).to_std().ok().filter(|d| !d.is_zero());
+    let wait = if let Some(v) = text("retry-after") {
+        match v.parse::<u64>() {
+            Ok(secs) => Some(Duration::from_secs(secs)),
+            Err(_) => DateTime::parse_from_rfc2822(v)
+                .ok()
+                .and_then(|at| until(at.with_timezone(&Utc))),
+        }
+    } else if rate_limit_spent(headers) {
+        ["x-ratelimit-reset", "ratelimit-reset"]
+            .iter()
+            .find_map(|name| text(name)?.parse::<i64>().ok())
+            .and_then(|secs| DateTime::from_timestamp(secs, 0))
+            .and_then(until)
+    } else {
+        None
+    };
+    wait.map(|w| w.min(MAX_RETRY_AFTER))
+}
+
+/// The answer says the client's rate limit is used up (`x-ratelimit-remaining`
+/// or `ratelimit-remaining` is 0).
+fn rate_limit_spent(headers: &HeaderMap) -> bool {
+    ["x-ratelimit-remaining", "ratelimit-remaining"]
+        .iter()
+        .any(|name| {
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                == Some("0")
+        })
+}
+
+/// Whether an answer that is not a success is worth trying again: 429,
+/// any 5xx, and a 403 that is a rate limit (GitHub answers its limits with
+/// 403 and either a spent `x-ratelimit-remaining` or a `Retry-After`).
+/// Anything else (401, 404, 422, a 403 for missing rights) is final.
+fn worth_retrying(status: StatusCode, headers: &HeaderMap) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+        || (status == StatusCode::FORBIDDEN
+            && (rate_limit_spent(headers) || headers.contains_key("retry-after")))
 }
 
 /// The hex HMAC-SHA256 of `body` under `key`.
@@ -106,7 +154,8 @@ pub async fn send(
             if status.is_success() {
                 return DeliveryOutcome::Sent { http_status: code };
             }
-            let wait = retry_after(&resp);
+            let wait = server_wait(resp.headers(), Utc::now());
+            let retry = worth_retrying(status, resp.headers());
             let text: String = resp
                 .text()
                 .await
@@ -115,7 +164,7 @@ pub async fn send(
                 .take(300)
                 .collect();
             let error = format!("HTTP {code}: {text}");
-            if code == 429 || status.is_server_error() {
+            if retry {
                 failed(Some(code), error, wait)
             } else {
                 DeliveryOutcome::Refused {
@@ -185,6 +234,79 @@ mod tests {
         assert!(backoff(0) >= Duration::from_secs(1) && backoff(0) < Duration::from_secs(2));
         assert!(backoff(3) >= Duration::from_secs(8));
         assert!(backoff(40) <= MAX_BACKOFF.mul_f64(1.2));
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.insert(*name, value.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_server_names_the_wait_in_seconds_a_date_or_a_rate_limit_reset() {
+        let now = DateTime::parse_from_rfc3339("2026-11-30T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let wait = |pairs: &[(&'static str, &str)]| server_wait(&headers(pairs), now);
+        assert_eq!(
+            wait(&[("retry-after", " 7 ")]),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            wait(&[("retry-after", "Mon, 30 Nov 2026 10:00:30 GMT")]),
+            Some(Duration::from_secs(30))
+        );
+        // A date already past, or nonsense: the client's own backoff.
+        assert_eq!(
+            wait(&[("retry-after", "Mon, 30 Nov 2026 09:00:00 GMT")]),
+            None
+        );
+        assert_eq!(wait(&[("retry-after", "soon")]), None);
+        assert_eq!(
+            wait(&[("retry-after", "99999")]),
+            Some(MAX_RETRY_AFTER),
+            "capped"
+        );
+        let reset = (now.timestamp() + 90).to_string();
+        assert_eq!(
+            wait(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", &reset)
+            ]),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            wait(&[("ratelimit-remaining", "0"), ("ratelimit-reset", &reset)]),
+            Some(Duration::from_secs(90))
+        );
+        // A reset with budget left is not a request to wait.
+        assert_eq!(
+            wait(&[
+                ("x-ratelimit-remaining", "12"),
+                ("x-ratelimit-reset", &reset)
+            ]),
+            None
+        );
+        assert_eq!(wait(&[]), None);
+    }
+
+    #[test]
+    fn a_rate_limit_403_is_retried_and_a_rights_403_is_final() {
+        let judge = |code: u16, pairs: &[(&'static str, &str)]| {
+            worth_retrying(StatusCode::from_u16(code).unwrap(), &headers(pairs))
+        };
+        assert!(judge(429, &[]));
+        assert!(judge(500, &[]));
+        assert!(judge(503, &[]));
+        assert!(judge(403, &[("x-ratelimit-remaining", "0")]));
+        assert!(judge(403, &[("retry-after", "60")]));
+        assert!(!judge(403, &[("x-ratelimit-remaining", "4999")]));
+        assert!(!judge(403, &[]));
+        assert!(!judge(401, &[]));
+        assert!(!judge(404, &[]));
+        assert!(!judge(422, &[("retry-after", "60")]));
     }
 
     #[test]
