@@ -1,6 +1,10 @@
-//! The gateway's own `/metrics`: a worker that connects shows up in its gauges.
+//! The gateway's own `/metrics`: a worker that connects shows up in its
+//! gauges, `promtool check metrics` passes on the scrape (every metric has
+//! help text), and the metrics address answers `/healthz` and `/readyz`.
 
 mod common;
+#[path = "support/promtool.rs"]
+mod promtool;
 
 use std::time::Duration;
 
@@ -60,10 +64,13 @@ async fn the_gateway_serves_prometheus_metrics() {
         text.contains("# TYPE flotilla_gateway_connected_workers gauge"),
         "{text}"
     );
-    let health = http
-        .get(format!("http://{metrics}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert!(health.status().is_success());
+    promtool::check_metrics("the gateway's /metrics", &text);
+    for probe in ["healthz", "readyz"] {
+        let r = http
+            .get(format!("http://{metrics}/{probe}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK, "/{probe}");
+    }
 }

@@ -1,9 +1,8 @@
 //! `/metrics` of a real master, scraped before and after builds: the claim,
 //! build and HTTP counters move, the histograms count the builds, and the
 //! scrape-time gauges (pending requests per builder, connected workers)
-//! are there. `promtool check metrics` passes on the master's and on the
-//! gateway's scrape (every metric has help text), and the gateway's
-//! metrics address answers `/readyz`.
+//! are there, and `promtool check metrics` passes on the scrape (every
+//! metric has help text). The gateway's own scrape: `gateway_metrics.rs`.
 
 mod common;
 #[path = "support/promtool.rs"]
@@ -11,7 +10,6 @@ mod promtool;
 
 use std::time::Duration;
 
-use common::cluster::Proc;
 use common::metrics_text::sample;
 use common::{Cluster, ClusterSpec, eventually};
 
@@ -118,72 +116,4 @@ builders = ["on-change"]
         "{after}"
     );
     promtool::check_metrics("a master's /metrics", &after);
-}
-
-#[tokio::test]
-async fn the_gateway_scrape_passes_promtool_and_answers_readyz() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cluster.toml");
-    std::fs::write(&config, "[database]\nurl = \"sqlite://unused.sqlite\"\n").unwrap();
-    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    // Port 0: the gateway binds what the kernel gives and reports it.
-    let (mut gateway, bound) = Proc::listening(
-        "gateway",
-        &args(&[
-            "gateway",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-        ]),
-        &[],
-        dir.path(),
-    );
-    let grpc = bound.get("grpc").unwrap().port();
-    let metrics = bound.get("metrics").unwrap().port();
-    // A worker with no master to take it: connected, then refused, then back.
-    let worker = Proc::spawn(
-        "worker",
-        &args(&[
-            "worker",
-            "--gateway",
-            &format!("http://127.0.0.1:{grpc}"),
-            "--name",
-            "w1",
-            "--password-env",
-            "PW",
-            "--basedir",
-            dir.path().join("w").to_str().unwrap(),
-        ]),
-        &[("PW".to_owned(), "secret".to_owned())],
-        dir.path(),
-    );
-    let base = format!("http://127.0.0.1:{metrics}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let body = match http.get(format!("{base}/metrics")).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if body.contains("flotilla_gateway_connected_workers") {
-            break body;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker was never counted:\n{body}\n--- gateway ---\n{}\n--- worker ---\n{}",
-            gateway.output(),
-            worker.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    promtool::check_metrics("the gateway's /metrics", &text);
-    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), reqwest::StatusCode::OK);
-    gateway.kill9();
 }
