@@ -122,9 +122,25 @@ where
     clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
-async fn run(server: &str, scenario: Scenario) -> anyhow::Result<Report> {
+async fn run(server: &str, mut scenario: Scenario) -> anyhow::Result<Report> {
     let name = scenario.name();
-    let db = database::BenchDb::create(server, name).await?;
+    // `claim --galera`: a cluster of our own, up for the whole run.
+    let mut galera = None;
+    let mut server = server.to_owned();
+    if let Scenario::Claim(a) = &mut scenario
+        && a.galera
+    {
+        eprintln!("[{name}] starting three Galera nodes on loopback ports");
+        let g = flotilla_testkit::galera::Galera::start().await;
+        a.nodes = g
+            .nodes
+            .iter()
+            .map(|n| format!("mysql://root@127.0.0.1:{}", n.port))
+            .collect();
+        server = a.nodes[0].clone();
+        galera = Some(g);
+    }
+    let db = database::BenchDb::create(&server, name).await?;
     eprintln!("[{name}] database {}", db.name);
     let result = match scenario {
         Scenario::Claim(a) => scenarios::claim::run(&db, a).await,
@@ -135,5 +151,6 @@ async fn run(server: &str, scenario: Scenario) -> anyhow::Result<Report> {
         Scenario::Logs(a) => scenarios::logs::run(&db, a).await,
     };
     db.drop_database().await;
+    drop(galera);
     result
 }

@@ -52,7 +52,13 @@ pub struct Args {
     /// creates the database): master i and baseline connection pool i use
     /// node i mod n, so each master is on its own node.
     #[arg(long, value_delimiter = ',')]
-    nodes: Vec<String>,
+    pub nodes: Vec<String>,
+    /// Start a three-node Galera cluster on loopback ports for this run
+    /// (Debian's `galera-4`; the test kit's nodes, which write their log
+    /// to disk once a second) and run on it as with `--nodes`: master i on
+    /// node i mod 3. `--mysql` is then ignored.
+    #[arg(long, conflicts_with_all = ["nodes", "db_rtt_ms"])]
+    pub galera: bool,
     /// How the store sends its claim transactions to MySQL: `procedures`
     /// (the default: stored procedures for single-request rounds, scripts
     /// for batches), `scripts` (one-trip scripts only) or `stepwise`
