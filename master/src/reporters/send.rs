@@ -22,6 +22,8 @@ pub const SIGNATURE_HEADER: &str = "X-Flotilla-Signature";
 /// Longest wait between attempts (a `Retry-After` may ask for more, up to an hour).
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The wait after a rate limit's refusal that names none.
+const UNNAMED_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 
 /// The wait before attempt `attempts + 1`: 1 s doubling, capped, with up
 /// to a fifth more at random so masters do not retry in step.
@@ -73,15 +75,23 @@ fn rate_limit_spent(headers: &HeaderMap) -> bool {
         })
 }
 
+/// The answer is a rate limit's refusal: a 403 or 429 with a spent
+/// `x-ratelimit-remaining`, with a `Retry-After`, or saying so in its body
+/// (GitHub's secondary limits may answer 403 with only a message).
+fn rate_limited(status: StatusCode, headers: &HeaderMap, body: &str) -> bool {
+    (status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS)
+        && (rate_limit_spent(headers)
+            || headers.contains_key("retry-after")
+            || body.to_ascii_lowercase().contains("rate limit"))
+}
+
 /// Whether an answer that is not a success is worth trying again: 429,
-/// any 5xx, and a 403 that is a rate limit (GitHub answers its limits with
-/// 403 and either a spent `x-ratelimit-remaining` or a `Retry-After`).
-/// Anything else (401, 404, 422, a 403 for missing rights) is final.
-fn worth_retrying(status: StatusCode, headers: &HeaderMap) -> bool {
+/// any 5xx, and a rate limit's 403. Anything else (401, 404, 422, a 403 for
+/// missing rights) is final.
+fn worth_retrying(status: StatusCode, headers: &HeaderMap, body: &str) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
-        || (status == StatusCode::FORBIDDEN
-            && (rate_limit_spent(headers) || headers.contains_key("retry-after")))
+        || rate_limited(status, headers, body)
 }
 
 /// The hex HMAC-SHA256 of `body` under `key`.
@@ -154,15 +164,14 @@ pub async fn send(
             if status.is_success() {
                 return DeliveryOutcome::Sent { http_status: code };
             }
-            let wait = server_wait(resp.headers(), Utc::now());
-            let retry = worth_retrying(status, resp.headers());
-            let text: String = resp
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect();
+            let headers = resp.headers().clone();
+            let body = resp.text().await.unwrap_or_default();
+            // A rate limit that names no wait: GitHub asks for a minute.
+            let wait = server_wait(&headers, Utc::now()).or_else(|| {
+                rate_limited(status, &headers, &body).then_some(UNNAMED_RATE_LIMIT_WAIT)
+            });
+            let retry = worth_retrying(status, &headers, &body);
+            let text: String = body.chars().take(300).collect();
             let error = format!("HTTP {code}: {text}");
             if retry {
                 failed(Some(code), error, wait)
@@ -295,7 +304,7 @@ mod tests {
     #[test]
     fn a_rate_limit_403_is_retried_and_a_rights_403_is_final() {
         let judge = |code: u16, pairs: &[(&'static str, &str)]| {
-            worth_retrying(StatusCode::from_u16(code).unwrap(), &headers(pairs))
+            worth_retrying(StatusCode::from_u16(code).unwrap(), &headers(pairs), "{}")
         };
         assert!(judge(429, &[]));
         assert!(judge(500, &[]));
@@ -307,6 +316,29 @@ mod tests {
         assert!(!judge(401, &[]));
         assert!(!judge(404, &[]));
         assert!(!judge(422, &[("retry-after", "60")]));
+        // GitHub's secondary limit may say so only in the body.
+        let secondary = r#"{"message": "You have exceeded a secondary rate limit."}"#;
+        assert!(worth_retrying(
+            StatusCode::FORBIDDEN,
+            &HeaderMap::new(),
+            secondary
+        ));
+        assert!(rate_limited(
+            StatusCode::FORBIDDEN,
+            &HeaderMap::new(),
+            secondary
+        ));
+        let rights = r#"{"message": "Resource not accessible by integration"}"#;
+        assert!(!worth_retrying(
+            StatusCode::FORBIDDEN,
+            &HeaderMap::new(),
+            rights
+        ));
+        assert!(!rate_limited(
+            StatusCode::NOT_FOUND,
+            &HeaderMap::new(),
+            secondary
+        ));
     }
 
     #[test]
