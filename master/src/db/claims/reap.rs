@@ -11,10 +11,45 @@
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
-use super::sql;
 use crate::db::dialect::placeholders;
 use crate::db::rows::DbRow;
-use crate::db::{BeginWrite, DbError, MasterId, MasterRow, Results, Store, outbox};
+use crate::db::{BeginWrite, DbError, MasterId, MasterRow, Store};
+
+/// In the write transaction `$tx` of store `$store`: end the unfinished
+/// builds among `$ids` as Retry (taken from a master that is gone or whose
+/// claim ran out) and enqueue their end for reporters, so a reporter that
+/// heard a build start hears it end. The number of builds ended.
+macro_rules! end_as_retry {
+    ($store:expr, $tx:expr, $d:expr, $ids:expr) => {{
+        let ids: &[i64] = $ids;
+        let mut n: u64 = 0;
+        if !ids.is_empty() {
+            let which = format!(
+                "id IN ({}){}",
+                $crate::db::dialect::placeholders(ids.len()),
+                $d.in_tx()
+            );
+            let sql = $crate::db::claims::sql::end_builds(&which, "?", $d.now());
+            let mut q =
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind($crate::db::Results::Retry.as_i64());
+            for id in ids {
+                q = q.bind(id);
+            }
+            n = q.execute(&mut *$tx).await?.rows_affected();
+            for id in ids {
+                $crate::db::outbox::enqueue_for_build!(
+                    $store,
+                    $tx,
+                    $d,
+                    *id,
+                    $crate::db::outbox::Phase::Finished
+                );
+            }
+        }
+        n
+    }};
+}
+pub(super) use end_as_retry;
 
 impl Store {
     /// The active incarnations and their `last_active` as stored: what an
@@ -127,21 +162,7 @@ impl Store {
                 q = q.bind(id);
             }
             let ids: Vec<i64> = q.fetch_all(&mut *tx).await?;
-            let mut n = 0;
-            if !ids.is_empty() {
-                let which = format!("id IN ({}){}", placeholders(ids.len()), d.in_tx());
-                let sql = sql::end_builds(&which, "?", d.now());
-                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(Results::Retry.as_i64());
-                for id in &ids {
-                    q = q.bind(id);
-                }
-                n = q.execute(&mut *tx).await?.rows_affected();
-                // Reporters hear that these builds ended (as retry), in the
-                // transaction that ends them.
-                for id in &ids {
-                    outbox::enqueue_for_build!(self, tx, d, *id, outbox::Phase::Finished);
-                }
-            }
+            let n = end_as_retry!(self, tx, d, &ids);
             commit_checked!(tx, d);
             Ok(n)
         })

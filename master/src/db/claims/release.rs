@@ -11,10 +11,11 @@ use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
 use super::counts::count_claims;
+use super::reap::end_as_retry;
 use super::sql;
 use crate::db::dialect::placeholders;
 use crate::db::rows::DbRow;
-use crate::db::{BeginWrite, DbError, MasterId, Results, Store, outbox};
+use crate::db::{BeginWrite, DbError, MasterId, Store};
 
 impl Store {
     /// Release claims not renewed for `lease`, whoever holds them. Each row is
@@ -131,17 +132,7 @@ impl Store {
                     .bind(owner)
                     .fetch_all(&mut *tx)
                     .await?;
-                    for build in open {
-                        let which = format!("id = ?{}", d.in_tx());
-                        let sql = sql::end_builds(&which, "?", d.now());
-                        sqlx::query(AssertSqlSafe(sql))
-                            .bind(Results::Retry.as_i64())
-                            .bind(build)
-                            .execute(&mut *tx)
-                            .await?;
-                        // Reporters hear that it ended (as retry).
-                        outbox::enqueue_for_build!(self, tx, d, build, outbox::Phase::Finished);
-                    }
+                    end_as_retry!(self, tx, d, &open);
                 }
                 commit_checked!(tx, d);
                 Ok::<bool, DbError>(won)
